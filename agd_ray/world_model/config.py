@@ -1,0 +1,153 @@
+"""Configuration of the world model and of guidance: frozen dataclasses that validate themselves.
+
+Every field has a docstring-style comment; the defaults are ALGORITHM.md's. A bad value raises a ValueError
+that names the field, the value and what is allowed, at construction time (before any actor starts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+GUIDE_KINDS = ("none", "sag", "eag", "reward")
+ADVANTAGE_MODES = ("td1", "gae")
+SCALE_MODES = ("classifier", "reference")
+GRAD_WRT = ("x0", "xt")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+
+
+class _Config:
+    """Shared helpers: dict round trip with unknown keys refused by name."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class WorldModelConfig(_Config):
+    """The trajectory diffusion world model (ALGORITHM.md sections 1-2) and its sampler (section 3)."""
+
+    horizon: int = 10  # H, steps per imagined window (>= 2)
+    hidden_dim: int = 1024  # width of the residual MLP (paper: 1024)
+    num_layers: int = 6  # residual blocks (paper: 6)
+    diffusion_steps: int = 128  # N, steps of the forward process
+    sampling_steps: int = 128  # K <= N reverse steps (strided when K < N)
+    tau: float = 1.0  # exponent of the cosine schedule (reference on Hopper: 0.1)
+    fourier_features: int = 16  # random Fourier features of the timestep embedding
+    lr: float = 3e-4  # Adam learning rate
+    batch_size: int = 256  # windows per training update
+    grad_clip: float = 1.0  # max global grad norm (0 disables)
+    ema_decay: float = 0.99  # EMA of the weights used for imagination
+    ema_every: int = 10  # EMA update period in updates
+    ema_start: int = 2000  # before this many updates the EMA copies the weights
+    amp: str = "bf16"  # autocast dtype on CUDA: none|bf16|fp16 (ignored on CPU)
+    clip_state_change: float = 0.25  # bound on |mu_t - x_t| of states in the last steps (normalised units)
+    clip_last_steps: int = 10  # ... applied in this many final reverse steps
+    action_clamp_sigmas: float = 3.0  # PolyGRAD: actions clamped to mu +- this many sigma
+    delta_init: float = 0.005  # initial policy-guidance step size
+    delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step
+    return_model_hidden: int = 256  # width of the reward guide's return model J (0: not trained)
+    return_gamma: float = 0.99  # discount of the return J predicts
+
+    def __post_init__(self) -> None:
+        _check("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 2, "an integer >= 2")
+        for name in ("hidden_dim", "num_layers", "diffusion_steps", "batch_size", "ema_every", "fourier_features"):
+            value = getattr(self, name)
+            _check(name, value, isinstance(value, int) and value >= 1, "an integer >= 1")
+        _check(
+            "sampling_steps",
+            self.sampling_steps,
+            isinstance(self.sampling_steps, int) and 1 <= self.sampling_steps <= self.diffusion_steps,
+            f"an integer in [1, diffusion_steps={self.diffusion_steps}]",
+        )
+        _check("tau", self.tau, self.tau > 0, "> 0")
+        _check("lr", self.lr, self.lr > 0, "> 0")
+        _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)")
+        _check("ema_start", self.ema_start, self.ema_start >= 0, ">= 0")
+        _check("grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0")
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check("clip_state_change", self.clip_state_change, self.clip_state_change > 0, "> 0")
+        _check("clip_last_steps", self.clip_last_steps, self.clip_last_steps >= 0, ">= 0")
+        _check("action_clamp_sigmas", self.action_clamp_sigmas, self.action_clamp_sigmas > 0, "> 0")
+        _check("delta_init", self.delta_init, self.delta_init > 0, "> 0")
+        _check("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
+        _check("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")
+        _check("return_gamma", self.return_gamma, 0 <= self.return_gamma <= 1, "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class GuideConfig(_Config):
+    """How imagined windows are guided (ALGORITHM.md section 3, steps 3-4).
+
+    kind: none (PolyGRAD: policy guidance on actions only), sag / eag (advantage guidance on states),
+    reward (Diffuser-style return guidance, the baseline). `GuideConfig.reference(...)` reproduces the
+    published reference code's settings.
+    """
+
+    kind: str = "none"  # none|sag|eag|reward
+    temperature: float = 1.0  # beta > 0; math.inf switches the advantage guide off exactly
+    scale: float = 1.0  # c >= 0; 0 switches the guide off exactly
+    scale_mode: str = "classifier"  # classifier: mu += c*var*g (ours); reference: x0 += c*var**2*g
+    advantage: str = "gae"  # td1 (reference) or gae (ours)
+    gamma: float = 0.99  # discount of the advantage
+    lam: float = 0.9  # GAE lambda (advantage="gae")
+    normalize_advantage: bool = True  # divide A by its detached batch std (ours)
+    guide_rewards: bool = True  # gradient flows through the rewards (ours; the reference detaches them)
+    guide_last_state: bool = True  # the last state is guided (ours; the reference zeroes it)
+    grad_wrt: str = "x0"  # x0: gradient w.r.t. x0_hat (reference); xt: through the denoiser (ours, optional)
+    reward_guide_steps: int = 2  # reward guide: gradient steps per reverse step (Diffuser: 2)
+    reward_t_stop: int = 2  # reward guide: no guidance in this many final reverse steps (Diffuser: 2)
+
+    def __post_init__(self) -> None:
+        _check_choice("kind", self.kind, GUIDE_KINDS)
+        _check("temperature", self.temperature, self.temperature > 0 and not math.isnan(self.temperature), "> 0")
+        _check("scale", self.scale, self.scale >= 0 and math.isfinite(self.scale), "finite and >= 0")
+        _check_choice("scale_mode", self.scale_mode, SCALE_MODES)
+        _check_choice("advantage", self.advantage, ADVANTAGE_MODES)
+        _check_choice("grad_wrt", self.grad_wrt, GRAD_WRT)
+        _check("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
+        _check("lam", self.lam, 0 <= self.lam <= 1, "in [0, 1]")
+        _check("reward_guide_steps", self.reward_guide_steps, self.reward_guide_steps >= 1, ">= 1")
+        _check("reward_t_stop", self.reward_t_stop, self.reward_t_stop >= 0, ">= 0")
+
+    @property
+    def enabled(self) -> bool:
+        """False when the guide can have no effect: kind none, scale 0, or infinite temperature."""
+        if self.kind == "none" or self.scale == 0:
+            return False
+        return self.kind == "reward" or math.isfinite(self.temperature)
+
+    @classmethod
+    def reference(cls, kind: str = "sag", temperature: float = 1.0) -> "GuideConfig":
+        """The published reference code's advantage guide (ALGORITHM.md section 3, step 3)."""
+        return cls(
+            kind=kind,
+            temperature=temperature,
+            advantage="td1",
+            guide_rewards=False,
+            guide_last_state=False,
+            normalize_advantage=False,
+            scale_mode="reference",
+            scale=4.0,
+        )

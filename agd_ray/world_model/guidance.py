@@ -1,0 +1,219 @@
+"""Guidance (ALGORITHM.md section 3): policy guidance on actions, advantage and reward guidance on states.
+
+The equations are pure functions. Guides are objects the sampler calls once per reverse step through one
+method, `shift(inputs) -> GuideShift`; the sampler never asks which kind of guide it holds. A guide that
+cannot have an effect (kind none, scale 0, infinite temperature) is `NoGuide`, so it is bit-identical to
+no guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from agd_ray.world_model.config import GuideConfig
+from agd_ray.world_model.normalizer import NormalizerSnapshot
+from agd_ray.world_model.schedule import ReverseStep
+
+Policy = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # obs [..., D_s] -> (mean, std) [..., D_a]
+Critic = Callable[[torch.Tensor], torch.Tensor]  # obs [..., D_s] -> value [...]
+
+
+# ---------------------------------------------------------------------------------------------- equations
+def policy_score_step(actions, mean, std, delta: float, clamp_sigmas: float, take_step: bool = True):
+    """PolyGRAD's action update (ALGORITHM.md 3.2), in unnormalised action space.
+
+    Clamp a to mu +- k sigma, then a <- a + delta * grad_a log N(a; mu, sigma) = a - delta (a - mu) / sigma^2.
+    actions, mean, std: [B, H, D_a].
+    """
+    actions = torch.clamp(actions, mean - clamp_sigmas * std, mean + clamp_sigmas * std)
+    if not take_step:
+        return actions
+    return actions - delta * (actions - mean) / std**2
+
+
+def td1_advantage(rewards, values, continues, gamma: float):
+    """One-step TD advantage A[h] = r[h] + gamma (1 - d[h]) V(s[h+1]) - V(s[h]), h = 0..H-2 (reference).
+
+    rewards, values, continues (= 1 - d): [B, H] -> [B, H-1].
+    """
+    return rewards[:, :-1] + gamma * continues[:, :-1] * values[:, 1:] - values[:, :-1]
+
+
+def gae_advantage(rewards, values, continues, gamma: float, lam: float):
+    """GAE(gamma, lambda) inside the window, bootstrapped with V(s[H-1]) (Schulman et al. 2016, eq. 16).
+
+    A[h] = sum_{j >= h} (prod_{h <= k < j} gamma lam (1 - d[k])) delta[j], delta = td1_advantage.
+    Vectorised over the horizon with a cumulative product of a masked factor matrix (no Python loop).
+    rewards, values, continues: [B, H] -> [B, H-1].
+    """
+    deltas = td1_advantage(rewards, values, continues, gamma)  # [B, M], M = H-1
+    m = deltas.shape[1]
+    factors = gamma * lam * continues[:, : m - 1]  # [B, M-1]: factor between delta[k] and delta[k+1]
+    idx = torch.arange(m, device=deltas.device)
+    later = idx[None, :] > idx[:, None]  # [M, M]: j > h
+    # F[b, h, j] = factors[b, j-1] where j > h, else 1; the cumulative product along j gives the coefficients.
+    shifted = torch.cat([torch.ones_like(deltas[:, :1]), factors], dim=1)  # [B, M]: shifted[j] = factors[j-1]
+    fmat = torch.where(later, shifted[:, None, :], torch.ones_like(shifted[:, None, :]))  # [B, M, M]
+    coeffs = torch.cumprod(fmat, dim=-1) * (idx[None, :] >= idx[:, None])  # zero for j < h
+    return torch.einsum("bhj,bj->bh", coeffs, deltas)
+
+
+def n_step_advantage(rewards, values, continues, gamma: float):
+    """sum_{h<H-1} gamma^h r[h] + gamma^(H-1) V(s[H-1]) - V(s[0]), cut at a predicted termination
+    (ALGORITHM.md 3.3, the measure a guide must raise). rewards, values, continues: [B, H] -> [B]."""
+    h = rewards.shape[1]
+    alive = torch.cumprod(torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1]], dim=1), dim=1)
+    discount = gamma ** torch.arange(h, device=rewards.device, dtype=rewards.dtype)  # [H]
+    ret = (discount[: h - 1] * alive[:, : h - 1] * rewards[:, : h - 1]).sum(dim=1)
+    bootstrap = discount[h - 1] * alive[:, h - 1] * values[:, h - 1]
+    return ret + bootstrap - values[:, 0]
+
+
+def sag_log_weight(advantages, temperature: float):
+    """Sigmoid Advantage Guidance: log w = log sigmoid(A / beta) (AGD-MBRL)."""
+    return F.logsigmoid(advantages / temperature)
+
+
+def eag_log_weight(advantages, temperature: float):
+    """Exponential Advantage Guidance: log w = A / beta (AGD-MBRL)."""
+    return advantages / temperature
+
+
+ADVANTAGES = {
+    "td1": lambda r, v, c, cfg: td1_advantage(r, v, c, cfg.gamma),
+    "gae": lambda r, v, c, cfg: gae_advantage(r, v, c, cfg.gamma, cfg.lam),
+}
+LOG_WEIGHTS = {"sag": sag_log_weight, "eag": eag_log_weight}
+
+
+# ---------------------------------------------------------------------------------------------- guides
+@dataclass
+class GuideInputs:
+    """What the sampler hands a guide at one reverse step (normalised coordinates throughout)."""
+
+    step: ReverseStep
+    steps_left: int  # reverse steps after this one (0 at the last step)
+    x_t: torch.Tensor  # [B, H, D_s + 2]; requires grad when the guide asked for `differentiate_xt`
+    x0_hat: torch.Tensor  # [B, H, D_s + 2]; a function of x_t when `differentiate_xt`
+    scaled_actions: torch.Tensor  # [B, H, D_a]: sqrt(alpha_bar_t) * a_t, as the denoiser saw them
+    timesteps: torch.Tensor  # [B] int
+    normalizer: NormalizerSnapshot
+    critic: Critic | None
+
+
+@dataclass
+class GuideShift:
+    """Additive corrections: `x0` is added to x0_hat, `mean` to the posterior mean mu_t."""
+
+    x0: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+
+
+def guided_channel_mask(obs_dim: int, horizon: int, *, rewards: bool, last_state: bool, device) -> torch.Tensor:
+    """[H, D_s + 2] of 0/1: which entries of x a state guide may move. Never s[0] (inpainted) or d."""
+    mask = torch.zeros(horizon, obs_dim + 2, device=device)
+    mask[1:, :obs_dim] = 1.0
+    if not last_state:
+        mask[horizon - 1, :obs_dim] = 0.0
+    if rewards:
+        mask[:, obs_dim] = 1.0
+    return mask
+
+
+class NoGuide:
+    """PolyGRAD: no state guidance."""
+
+    differentiate_xt = False
+
+    def shift(self, inputs: GuideInputs) -> GuideShift:
+        return GuideShift()
+
+
+class AdvantageGuide:
+    """SAG / EAG: raise the log weight sum_h log w(A[h] / beta) of the window (ALGORITHM.md 3.3)."""
+
+    def __init__(self, config: GuideConfig, obs_dim: int) -> None:
+        self.config, self.obs_dim = config, obs_dim
+        self.log_weight = LOG_WEIGHTS[config.kind]
+        self.advantage = ADVANTAGES[config.advantage]
+        self.differentiate_xt = config.grad_wrt == "xt"
+
+    def advantages(self, x0: torch.Tensor, normalizer: NormalizerSnapshot, critic: Critic) -> torch.Tensor:
+        """A[h] of windows x0 (normalised, [B, H, D_s + 2]) with the critic on unnormalised states: [B, H-1]."""
+        cfg, ds = self.config, self.obs_dim
+        states = normalizer.unnormalize("observations", x0[..., :ds])  # [B, H, D_s]
+        rewards = normalizer.unnormalize("rewards", x0[..., ds])  # [B, H]
+        if not cfg.guide_rewards:
+            rewards = rewards.detach()
+        # Terminations are never guided: (1 - d) is a detached, clamped continuation probability.
+        continues = 1.0 - normalizer.unnormalize("terminals", x0[..., ds + 1]).detach().clamp(0.0, 1.0)
+        values = critic(states)  # [B, H]
+        advantages = self.advantage(rewards, values, continues, cfg)
+        if cfg.normalize_advantage and advantages.numel() > 1:
+            advantages = advantages / advantages.detach().std().clamp_min(1e-8)
+        return advantages
+
+    def objective(self, x0: torch.Tensor, normalizer: NormalizerSnapshot, critic: Critic) -> torch.Tensor:
+        """sum over the batch and h of log w[h]: a scalar."""
+        return self.log_weight(self.advantages(x0, normalizer, critic), self.config.temperature).sum()
+
+    def gradient(self, inputs: GuideInputs) -> torch.Tensor:
+        """g = grad log w w.r.t. x0_hat (grad_wrt x0) or x_t (grad_wrt xt), masked: [B, H, D_s + 2]."""
+        cfg = self.config
+        with torch.enable_grad():
+            if self.differentiate_xt:
+                wrt, x0 = inputs.x_t, inputs.x0_hat
+            else:
+                wrt = x0 = inputs.x0_hat.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.objective(x0, inputs.normalizer, inputs.critic), wrt)
+        mask = guided_channel_mask(
+            self.obs_dim, g.shape[1], rewards=cfg.guide_rewards, last_state=cfg.guide_last_state, device=g.device
+        )
+        return g * mask
+
+    def shift(self, inputs: GuideInputs) -> GuideShift:
+        g = self.gradient(inputs)
+        var = inputs.step.var
+        if self.config.scale_mode == "reference":
+            return GuideShift(x0=self.config.scale * var**2 * g)
+        return GuideShift(mean=self.config.scale * var * g)
+
+
+class RewardGuide:
+    """Diffuser-style return guidance: mu_t <- mu_t + c beta_tilde grad_{x_t} J (ALGORITHM.md 3.4),
+    `reward_guide_steps` gradient steps per reverse step, none in the last `reward_t_stop` steps."""
+
+    differentiate_xt = False
+
+    def __init__(self, config: GuideConfig, obs_dim: int, return_model: torch.nn.Module) -> None:
+        self.config, self.obs_dim, self.return_model = config, obs_dim, return_model
+
+    def shift(self, inputs: GuideInputs) -> GuideShift:
+        cfg = self.config
+        if inputs.steps_left < cfg.reward_t_stop:
+            return GuideShift()
+        mask = guided_channel_mask(self.obs_dim, inputs.x_t.shape[1], rewards=True, last_state=True,
+                                   device=inputs.x_t.device)
+        x = inputs.x_t.detach()
+        for _ in range(cfg.reward_guide_steps):
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                ret = self.return_model(leaf, inputs.scaled_actions, inputs.timesteps).sum()
+                (g,) = torch.autograd.grad(ret, leaf)
+            x = x + cfg.scale * inputs.step.var * g * mask
+        return GuideShift(mean=x - inputs.x_t.detach())
+
+
+def build_guide(config: GuideConfig, obs_dim: int, return_model: torch.nn.Module | None = None):
+    """The guide object for a GuideConfig; a config that cannot have an effect gives `NoGuide`."""
+    if not config.enabled:
+        return NoGuide()
+    if config.kind == "reward":
+        if return_model is None:
+            raise ValueError("guide kind='reward' needs the return model; set WorldModelConfig.return_model_hidden > 0")
+        return RewardGuide(config, obs_dim, return_model)
+    return AdvantageGuide(config, obs_dim)

@@ -1,0 +1,306 @@
+"""WorldModel: the trajectory diffusion world model, its training step and guided imagination.
+
+Plain PyTorch, no Ray and no RLlib: the policy and critic come in as torch callables. The Ray actor in
+`actor.py` is a thin shell around this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import numpy as np
+import torch
+
+from agd_ray.world_model.config import GuideConfig, WorldModelConfig
+from agd_ray.world_model.denoiser import ResidualMLPDenoiser, ReturnModel
+from agd_ray.world_model.guidance import Critic, Policy, build_guide
+from agd_ray.world_model.normalizer import FIELDS, NormalizerSnapshot
+from agd_ray.world_model.sampler import SamplerSettings, inpaint_start, q_sample, sample_windows
+from agd_ray.world_model.schedule import DiffusionSchedule
+
+STATE_VERSION = 1
+
+
+def _to_tensor(value, device, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float32), device=device)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from err
+
+
+class WorldModel:
+    """Trajectory diffusion world model over windows x = [s, r, d] conditioned on actions (ALGORITHM.md 1-3).
+
+    update(batch) trains the x0 denoiser (and the reward guide's return model); imagine(...) runs the
+    guided reverse process with the EMA weights; adapt_policy_step(...) is the explicit adaptive-delta step.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig | None = None, device="cpu",
+                 seed: int = 0) -> None:
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim={obs_dim}, act_dim={act_dim}: both must be >= 1")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.config = config = config or WorldModelConfig()
+        self.device = torch.device(device)
+        self.schedule = DiffusionSchedule(config.diffusion_steps, config.tau)
+        self._sqrt_alpha_bar = torch.as_tensor(np.sqrt(self.schedule.alpha_bar), dtype=torch.float32,
+                                               device=self.device)  # [N+1]
+        self._reverse_steps = self.schedule.reverse_steps(config.sampling_steps)
+        torch.manual_seed(seed)
+        self.denoiser = ResidualMLPDenoiser(obs_dim, act_dim, config.horizon, config.hidden_dim, config.num_layers,
+                                            config.diffusion_steps, config.fourier_features).to(self.device)
+        self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.lr)
+        self.return_model = self.return_optimizer = None
+        if config.return_model_hidden > 0:
+            self.return_model = ReturnModel(obs_dim, act_dim, config.horizon, config.return_model_hidden,
+                                            config.diffusion_steps).to(self.device)
+            self.return_optimizer = torch.optim.Adam(self.return_model.parameters(), lr=config.lr)
+        self._discounts = config.return_gamma ** torch.arange(config.horizon, dtype=torch.float32,
+                                                               device=self.device)  # [H]
+        self._train_generator = torch.Generator(device=self.device).manual_seed(seed)
+        use_amp = self.device.type == "cuda" and config.amp != "none"
+        self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if use_amp else None
+        self._scaler = torch.amp.GradScaler("cuda") if self._amp_dtype == torch.float16 else None
+        self.normalizer = NormalizerSnapshot.identity(obs_dim, act_dim)
+        self.log_delta = math.log(config.delta_init)
+        self.num_updates = 0
+        self.num_rejected_batches = 0
+
+    # ------------------------------------------------------------------------------------------ data
+    @property
+    def delta(self) -> float:
+        return math.exp(self.log_delta)
+
+    def _autocast(self):
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+
+    def _check_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Tensors of a window batch after shape and finiteness checks (ValueError naming what is wrong)."""
+        if not isinstance(batch, dict):
+            raise ValueError(f"batch must be a dict with {list(FIELDS)}, got {type(batch).__name__}")
+        missing = [k for k in FIELDS if k not in batch]
+        if missing:
+            raise ValueError(f"batch lacks fields {missing}; needs {list(FIELDS)}")
+        out = {k: _to_tensor(batch[k], self.device, k) for k in FIELDS}
+        b, h = out["rewards"].shape[:2] if out["rewards"].dim() == 2 else (None, None)
+        expected = {
+            "observations": (b, self.config.horizon, self.obs_dim),
+            "actions": (b, self.config.horizon, self.act_dim),
+            "rewards": (b, self.config.horizon),
+            "terminals": (b, self.config.horizon),
+        }
+        for key, shape in expected.items():
+            if b is None or tuple(out[key].shape) != shape or b < 1:
+                got = tuple(out[key].shape)
+                want = tuple("B" if s is None else s for s in (None,) + shape[1:])
+                raise ValueError(f"{key} has shape {got}; expected {want} (horizon={self.config.horizon})")
+        for key, value in out.items():
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{key} contains NaN or inf; a training batch must be finite")
+        return out
+
+    def fit_normalizer(self, batch: dict) -> NormalizerSnapshot:
+        """Set the normaliser to the statistics of `batch` as a new snapshot version; returns it."""
+        checked = {k: v.cpu().numpy() for k, v in self._check_batch(batch).items()}
+        self.normalizer = NormalizerSnapshot.from_batch(checked, version=self.normalizer.version + 1)
+        return self.normalizer
+
+    def set_normalizer(self, snapshot: NormalizerSnapshot) -> None:
+        """Use statistics computed elsewhere (the replay buffer's running statistics)."""
+        if snapshot.mean["observations"].shape != (self.obs_dim,) or snapshot.mean["actions"].shape != (self.act_dim,):
+            raise ValueError(
+                f"normalizer dims {snapshot.mean['observations'].shape}/{snapshot.mean['actions'].shape} do not "
+                f"match obs_dim={self.obs_dim}, act_dim={self.act_dim}"
+            )
+        self.normalizer = snapshot
+
+    def _normalized_windows(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 = [s, r, d] normalised: [B, H, D_s + 2], and normalised actions [B, H, D_a]."""
+        norm = self.normalizer
+        x0 = torch.cat(
+            [
+                norm.normalize("observations", data["observations"]),
+                norm.normalize("rewards", data["rewards"])[..., None],
+                norm.normalize("terminals", data["terminals"])[..., None],
+            ],
+            dim=-1,
+        )
+        return x0, norm.normalize("actions", data["actions"])
+
+    # ------------------------------------------------------------------------------------------ training
+    def diffusion_loss(self, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        """Unreduced x0-prediction loss (x0_hat - x0)^2: [B, H, D_s + 2] (ALGORITHM.md 2), and x_t."""
+        sab = self._sqrt_alpha_bar[t]  # [B]
+        x_t = inpaint_start(q_sample(x0, sab, noise), x0[:, 0, : self.obs_dim])
+        with self._autocast():
+            x0_hat = self.denoiser(x_t, sab[:, None, None] * actions, t)
+        x0_hat = inpaint_start(x0_hat.float(), x0[:, 0, : self.obs_dim])
+        return (x0_hat - x0) ** 2, x_t
+
+    def update(self, batch: dict) -> dict:
+        """One Adam step on a batch of windows. A batch with a wrong shape or NaN/inf is refused with a
+        ValueError and counted (`num_rejected_batches`); the model is then unchanged."""
+        try:
+            data = self._check_batch(batch)
+        except ValueError:
+            self.num_rejected_batches += 1
+            raise
+        x0, actions = self._normalized_windows(data)
+        batch_size = x0.shape[0]
+        gen = self._train_generator
+        t = torch.randint(1, self.config.diffusion_steps + 1, (batch_size,), generator=gen, device=self.device)
+        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        self.denoiser.train()
+        loss = self.diffusion_loss(x0, actions, t, noise)[0].mean()
+        if not torch.isfinite(loss):
+            self.num_rejected_batches += 1
+            raise ValueError(f"loss is {loss.item()}; the update was skipped and the model is unchanged")
+        self._step(self.optimizer, self.denoiser, loss)
+        metrics = {"loss": loss.item()}
+        if self.return_model is not None:
+            metrics["return_model_loss"] = self._update_return_model(x0, actions, t, noise)
+        self.num_updates += 1
+        self._update_ema()
+        metrics.update(num_updates=self.num_updates, normalizer_version=self.normalizer.version)
+        return metrics
+
+    def _step(self, optimizer, module, loss) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        if self._scaler is not None:
+            self._scaler.step(optimizer)
+            self._scaler.update()
+        else:
+            optimizer.step()
+
+    def _update_return_model(self, x0, actions, t, noise) -> float:
+        """J(x_t, a, t) regresses the discounted return of the clean window (normalised rewards)."""
+        sab = self._sqrt_alpha_bar[t]
+        x_t = inpaint_start(q_sample(x0, sab, noise), x0[:, 0, : self.obs_dim])
+        target = (x0[..., self.obs_dim] * self._discounts).sum(dim=1)  # [B]
+        with self._autocast():
+            pred = self.return_model(x_t, sab[:, None, None] * actions, t)
+        loss = ((pred.float() - target) ** 2).mean()
+        self._step(self.return_optimizer, self.return_model, loss)
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA of the weights (decay, every `ema_every` updates, from `ema_start`); a copy before that."""
+        cfg = self.config
+        if self.num_updates < cfg.ema_start:
+            self.ema_denoiser.load_state_dict(self.denoiser.state_dict())
+        elif self.num_updates % cfg.ema_every == 0:
+            for ema, live in zip(self.ema_denoiser.parameters(), self.denoiser.parameters(), strict=True):
+                ema.lerp_(live, 1.0 - cfg.ema_decay)
+
+    # ------------------------------------------------------------------------------------------ imagination
+    def _device_generator(self, generator: torch.Generator | None) -> torch.Generator:
+        if generator is None:
+            return torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, (1,)).item()))
+        if generator.device == self.device or (generator.device.type == self.device.type == "cpu"):
+            return generator
+        seed = int(torch.randint(2**62, (1,), generator=generator).item())
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def imagine(self, start_obs, *, policy: Policy, critic: Critic | None = None, guide: GuideConfig | None = None,
+                generator: torch.Generator | None = None) -> dict:
+        """Guided imagined windows from real start states (ALGORITHM.md 3); changes no state of the model.
+
+        start_obs: [B, D_s]. Returns unnormalised torch tensors: observations [B, H, D_s], actions
+        [B, H, D_a], rewards [B, H], terminals [B, H] (bool), plus `normalizer_version`.
+        """
+        guide = guide or GuideConfig()
+        if not isinstance(guide, GuideConfig):
+            raise ValueError(f"guide must be a GuideConfig, got {type(guide).__name__}")
+        start = _to_tensor(start_obs, self.device, "start_obs")
+        if start.dim() != 2 or start.shape[1] != self.obs_dim or start.shape[0] < 1:
+            raise ValueError(f"start_obs has shape {tuple(start.shape)}; expected (B, {self.obs_dim}) with B >= 1")
+        if not torch.isfinite(start).all():
+            raise ValueError("start_obs contains NaN or inf")
+        if guide.kind in ("sag", "eag") and guide.enabled and critic is None:
+            raise ValueError(f"guide kind={guide.kind!r} needs a critic")
+        norm = self.normalizer
+        settings = SamplerSettings(self.config.clip_state_change, self.config.clip_last_steps,
+                                   self.config.action_clamp_sigmas)
+        x0, actions = sample_windows(
+            self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
+            act_dim=self.act_dim, policy=policy, critic=critic,
+            guide=build_guide(guide, self.obs_dim, self.return_model), normalizer=norm, delta=self.delta,
+            settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
+        )
+        ds = self.obs_dim
+        return {
+            "observations": norm.unnormalize("observations", x0[..., :ds]),
+            "actions": norm.unnormalize("actions", actions),
+            "rewards": norm.unnormalize("rewards", x0[..., ds]),
+            "terminals": norm.unnormalize("terminals", x0[..., ds + 1]) > 0.5,
+            "normalizer_version": norm.version,
+        }
+
+    @torch.no_grad()
+    def adapt_policy_step(self, out: dict, policy: Policy) -> dict:
+        """Adaptive delta (ALGORITHM.md 3.2): z = (a - mu)/sigma on the imagined pairs,
+        log delta += delta_lr * (mean_dims std(z) - 1). Returns the z statistics and the new delta."""
+        mean, std = policy(out["observations"])
+        z = (out["actions"] - mean) / std  # [B, H, D_a]
+        z_std = z.reshape(-1, self.act_dim).std(dim=0).mean().item()
+        self.log_delta += self.config.delta_lr * (z_std - 1.0)
+        return {"action_z_mean": z.mean().item(), "action_z_std": z_std, "delta": self.delta}
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything a restored model needs to continue: weights, EMA, optimisers, normaliser, delta."""
+        return {
+            "version": STATE_VERSION,
+            "dims": (self.obs_dim, self.act_dim),
+            "config": self.config.to_dict(),
+            "denoiser": self.denoiser.state_dict(),
+            "ema_denoiser": self.ema_denoiser.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "return_model": self.return_model.state_dict() if self.return_model else None,
+            "return_optimizer": self.return_optimizer.state_dict() if self.return_optimizer else None,
+            "normalizer": self.normalizer.to_dict(),
+            "log_delta": self.log_delta,
+            "num_updates": self.num_updates,
+            "num_rejected_batches": self.num_rejected_batches,
+            "train_generator": self._train_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"world model state version {state.get('version')!r}; this code reads {STATE_VERSION}")
+        if tuple(state["dims"]) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"world model state dims {tuple(state['dims'])} != ({self.obs_dim}, {self.act_dim})")
+        self.denoiser.load_state_dict(state["denoiser"])
+        self.ema_denoiser.load_state_dict(state["ema_denoiser"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.return_model is not None and state.get("return_model") is not None:
+            self.return_model.load_state_dict(state["return_model"])
+            self.return_optimizer.load_state_dict(state["return_optimizer"])
+        self.normalizer = NormalizerSnapshot.from_dict(state["normalizer"])
+        self.log_delta = float(state["log_delta"])
+        self.num_updates = int(state["num_updates"])
+        self.num_rejected_batches = int(state["num_rejected_batches"])
+        self._train_generator.set_state(state["train_generator"])
+
+    def metrics(self) -> dict:
+        return {
+            "world_model/num_updates": self.num_updates,
+            "world_model/num_rejected_batches": self.num_rejected_batches,
+            "world_model/delta": self.delta,
+            "world_model/normalizer_version": self.normalizer.version,
+        }

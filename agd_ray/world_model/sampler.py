@@ -1,0 +1,113 @@
+"""The guided reverse process ("imagination", ALGORITHM.md section 3).
+
+One loop over reverse steps, batched over windows and the horizon: no Python loop over either, no host-device
+copy inside the loop (all noise comes from a generator on the model's device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from agd_ray.world_model.guidance import GuideInputs, Policy, Critic, policy_score_step
+from agd_ray.world_model.normalizer import NormalizerSnapshot
+from agd_ray.world_model.schedule import ReverseStep
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler's fixed knobs (copied from WorldModelConfig)."""
+
+    clip_state_change: float = 0.25
+    clip_last_steps: int = 10
+    action_clamp_sigmas: float = 3.0
+
+
+def inpaint_start(x: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
+    """Overwrite s[0] with the real start state. x: [B, H, D_s + 2], start_obs: [B, D_s] (normalised)."""
+    x = x.clone()
+    x[:, 0, : start_obs.shape[-1]] = start_obs
+    return x
+
+
+def q_sample(x0: torch.Tensor, sqrt_alpha_bar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Forward process x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4).
+    x0, noise: [B, H, D]; sqrt_alpha_bar: [B] or scalar."""
+    sab = sqrt_alpha_bar.reshape(-1, *([1] * (x0.dim() - 1))) if torch.is_tensor(sqrt_alpha_bar) else sqrt_alpha_bar
+    return sab * x0 + (1.0 - sab**2) ** 0.5 * noise
+
+
+@torch.no_grad()
+def sample_windows(
+    denoiser: torch.nn.Module,
+    steps: list[ReverseStep],
+    start_obs: torch.Tensor,
+    *,
+    act_dim: int,
+    policy: Policy,
+    critic: Critic | None,
+    guide,
+    normalizer: NormalizerSnapshot,
+    delta: float,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    autocast=contextlib.nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the guided reverse process from normalised start states.
+
+    start_obs: [B, D_s] normalised. Returns normalised (x_0 [B, H, D_s + 2], actions [B, H, D_a]).
+    Each step: denoise, inpaint s[0]; PolyGRAD action update with the policy on the predicted states; the
+    guide's shift of x0_hat and/or of the posterior mean; the state-change clip in the last steps (after
+    guidance); posterior sample; inpaint.
+    """
+    batch, obs_dim = start_obs.shape
+    horizon = denoiser.horizon
+    device = start_obs.device
+    shape_x, shape_a = (batch, horizon, obs_dim + 2), (batch, horizon, act_dim)
+    x = inpaint_start(torch.randn(shape_x, generator=generator, device=device), start_obs)
+    a = torch.randn(shape_a, generator=generator, device=device)
+    num_steps = len(steps)
+    for i, step in enumerate(steps):
+        steps_left = num_steps - 1 - i
+        timesteps = torch.full((batch,), step.t, device=device, dtype=torch.long)
+        scaled_actions = step.sqrt_alpha_bar_t * a
+        with torch.set_grad_enabled(guide.differentiate_xt):
+            x_in = x.requires_grad_(True) if guide.differentiate_xt else x
+            with autocast():
+                x0_hat = denoiser(x_in, scaled_actions, timesteps)
+            x0_hat = inpaint_start(x0_hat.float(), start_obs)  # [B, H, D_s + 2]
+
+        # Policy guidance on actions, with the policy evaluated on the predicted clean states.
+        states_hat = normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim])  # [B, H, D_s]
+        mean, std = policy(states_hat)
+        actions = policy_score_step(
+            normalizer.unnormalize("actions", a), mean, std, delta, settings.action_clamp_sigmas,
+            take_step=steps_left > 0,
+        )
+        a_next = normalizer.normalize("actions", actions)
+        noise_a = torch.randn(shape_a, generator=generator, device=device)
+        noise_x = torch.randn(shape_x, generator=generator, device=device)
+        if steps_left > 0:
+            a_next = a_next + step.var**0.5 * noise_a
+
+        # State guidance, then the posterior mean.
+        shift = guide.shift(
+            GuideInputs(step=step, steps_left=steps_left, x_t=x_in, x0_hat=x0_hat, scaled_actions=scaled_actions,
+                        timesteps=timesteps, normalizer=normalizer, critic=critic)
+        )
+        x, x0_hat = x.detach(), x0_hat.detach()
+        if shift.x0 is not None:
+            x0_hat = x0_hat + shift.x0
+        mu = step.c1 * x0_hat + step.c2 * x
+        if shift.mean is not None:
+            mu = mu + shift.mean
+        if steps_left < settings.clip_last_steps:
+            change = (mu[..., :obs_dim] - x[..., :obs_dim]).clamp(-settings.clip_state_change,
+                                                                  settings.clip_state_change)
+            mu = torch.cat([x[..., :obs_dim] + change, mu[..., obs_dim:]], dim=-1)
+        x = mu + step.var**0.5 * noise_x if steps_left > 0 else mu
+        x = inpaint_start(x, start_obs)
+        a = a_next
+    return x, a
