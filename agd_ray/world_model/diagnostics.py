@@ -1,0 +1,154 @@
+"""Measuring a world model (ALGORITHM.md section 7): on-policy-ness, guidance effect, open-loop error.
+
+Pure functions over imagined batches (the dict `WorldModel.imagine` returns) and real MuJoCo envs, plus
+`collect_windows`, which cuts real windows with their simulator states (qpos, qvel) for tests and benches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agd_ray.world_model.config import GuideConfig
+from agd_ray.world_model.guidance import Critic, Policy, n_step_advantage
+
+
+@torch.no_grad()
+def action_z_stats(out: dict, policy: Policy) -> dict:
+    """On-policy-ness of imagined pairs (ALGORITHM.md 7, and 3.2's adaptive delta).
+
+    z = (a - mu(s)) / sigma(s) over all imagined (s, a); action_z_mean is the mean of z over everything,
+    action_z_std the mean over action dims of the (unbiased) std of z per dim. Ideal: 0 and 1.
+    The same statistics as `WorldModel.adapt_policy_step` (which computes them inline; a test pins the two
+    together), without changing the model's delta.
+    """
+    observations = torch.as_tensor(out["observations"])  # [B, H, D_s]
+    actions = torch.as_tensor(out["actions"])  # [B, H, D_a]
+    mean, std = policy(observations)  # [B, H, D_a] each
+    z = (actions - mean) / std  # [B, H, D_a]
+    z_std = z.reshape(-1, z.shape[-1]).std(dim=0).mean()
+    return {"action_z_mean": z.mean().item(), "action_z_std": z_std.item()}
+
+
+@torch.no_grad()
+def advantage_gain(wm, start_obs, *, policy: Policy, critic: Critic, guide: GuideConfig, seed: int,
+                   gamma: float = 0.99) -> dict:
+    """Guidance effect (ALGORITHM.md 7 and 3.3): mean n-step advantage of windows imagined with `guide`
+    minus that of unguided windows (GuideConfig(kind="none")), from the same start states and noise.
+
+    The n-step advantage is `n_step_advantage` (sum_{h<H-1} gamma^h r[h] + gamma^(H-1) V(s[H-1]) - V(s[0]),
+    cut at a predicted termination, continues = 1 - terminals), with the critic on unnormalised states.
+    start_obs: [B, D_s]. Returns guidance/advantage_guided, guidance/advantage_unguided, guidance/advantage_gain.
+    """
+
+    def mean_advantage(config: GuideConfig) -> float:
+        generator = torch.Generator(device=wm.device).manual_seed(seed)
+        out = wm.imagine(start_obs, policy=policy, critic=critic, guide=config, generator=generator)
+        values = critic(out["observations"])  # [B, H]
+        continues = 1.0 - out["terminals"].to(values.dtype)  # [B, H]
+        return n_step_advantage(out["rewards"], values, continues, gamma).mean().item()  # mean over [B]
+
+    guided = mean_advantage(guide)
+    unguided = mean_advantage(GuideConfig(kind="none"))
+    return {
+        "guidance/advantage_guided": guided,
+        "guidance/advantage_unguided": unguided,
+        "guidance/advantage_gain": guided - unguided,
+    }
+
+
+def _make_env(env):
+    import gymnasium as gym
+
+    return gym.make(env) if isinstance(env, str) else env
+
+
+def open_loop_error(env, qpos, qvel, actions, imagined_obs) -> np.ndarray:
+    """Open-loop error of imagined windows against the simulator (ALGORITHM.md 7).
+
+    For each window b: reset the env, restore the true start state with `set_state(qpos[b], qvel[b])`,
+    replay the imagined actions (clipped to the action space) and compare the simulator's observations with
+    the imagined ones. Step 0 compares the start observation. A window is compared up to and including the
+    observation of the step at which the env terminates (or truncates), not after.
+
+    env: a MuJoCo gymnasium env or its id. qpos: [B, n_q], qvel: [B, n_v], actions: [B, H, D_a],
+    imagined_obs: [B, H, D_s]. Returns the MSE per step (mean over D_s, unnormalised), averaged over the
+    windows still compared at that step: [H] (NaN where no window is).
+    """
+    env = _make_env(env)
+    qpos, qvel = np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)
+    actions = np.asarray(torch.as_tensor(actions).cpu(), np.float64)  # [B, H, D_a]
+    imagined = np.asarray(torch.as_tensor(imagined_obs).cpu(), np.float64)  # [B, H, D_s]
+    batch, horizon = imagined.shape[:2]
+    low, high = env.action_space.low, env.action_space.high
+    sq_error = np.zeros((batch, horizon))  # [B, H]
+    compared = np.zeros((batch, horizon), dtype=bool)  # [B, H]
+    for b in range(batch):
+        env.reset(seed=b)
+        env.unwrapped.set_state(qpos[b], qvel[b])
+        obs = env.unwrapped._get_obs()  # the observation of the restored state (what reset would return)
+        stopped = False
+        for h in range(horizon):
+            sq_error[b, h] = np.mean((obs - imagined[b, h]) ** 2)
+            compared[b, h] = True
+            if stopped or h == horizon - 1:
+                break
+            obs, _, terminated, truncated, _ = env.step(np.clip(actions[b, h], low, high).astype(np.float32))
+            stopped = terminated or truncated
+    counts = compared.sum(axis=0)  # [H]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (sq_error * compared).sum(axis=0) / counts, np.nan)
+
+
+def collect_windows(env_id: str, num_windows: int, horizon: int, seed: int, *, policy=None,
+                    max_warmup_steps: int = 20) -> dict:
+    """Real windows with their start simulator states, for tests and benches (ALGORITHM.md 1 and 7).
+
+    Each window: reset with seed `seed + index`, take a random number (< max_warmup_steps) of actions so that
+    start states vary, record (qpos, qvel), then `horizon` steps. Actions come from `policy(obs) -> action`
+    (numpy) or uniformly from the action space (seeded). After a termination the window is padded as in
+    ALGORITHM.md 1: the last observation and action repeated, reward 0, terminal 1. A window that a time
+    limit would cut is dropped and another drawn.
+    Returns numpy arrays observations [B, H, D_s], actions [B, H, D_a], rewards [B, H], terminals [B, H],
+    qpos [B, n_q], qvel [B, n_v].
+    """
+    env = _make_env(env_id)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    act = policy or (lambda _obs: env.action_space.sample())
+    keys = ("observations", "actions", "rewards", "terminals", "qpos", "qvel")
+    data = {k: [] for k in keys}
+    index = 0
+    while len(data["qpos"]) < num_windows:
+        obs, _ = env.reset(seed=seed + index)
+        index += 1
+        ok = True
+        for _ in range(int(rng.integers(max_warmup_steps))):
+            obs, _, terminated, truncated, _ = env.step(act(obs))
+            if terminated or truncated:
+                ok = False
+                break
+        if not ok:
+            continue  # the warm-up ended the episode: draw another start
+        qpos, qvel = env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()
+        observations, actions, rewards, terminals = [], [], [], []
+        done = False
+        for _ in range(horizon):
+            action = np.asarray(act(obs), dtype=np.float32) if not done else actions[-1]
+            observations.append(obs)
+            actions.append(action)
+            if done:
+                rewards.append(0.0)
+                terminals.append(1.0)
+                continue
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rewards.append(float(reward))
+            terminals.append(float(terminated))
+            done = terminated or truncated
+            if truncated and not terminated:
+                break  # a time-limit cut is not a termination: draw another window instead of padding
+        if len(observations) < horizon:
+            continue
+        for key, value in zip(keys, (observations, actions, rewards, terminals, qpos, qvel), strict=True):
+            data[key].append(np.asarray(value, dtype=np.float64))
+    return {k: np.stack(v) for k, v in data.items()}

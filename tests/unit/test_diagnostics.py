@@ -1,0 +1,131 @@
+"""World-model diagnostics (ALGORITHM.md section 7): open-loop error, action z statistics, advantage gain."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
+from agd_ray.world_model.diagnostics import action_z_stats, advantage_gain, collect_windows, open_loop_error
+
+HORIZON = 8
+
+
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "Reacher-v5"])
+def test_open_loop_error_is_zero_on_the_real_rollout(env_id):
+    w = collect_windows(env_id, num_windows=4, horizon=HORIZON, seed=0)
+    assert w["observations"].shape[:2] == (4, HORIZON) and w["qpos"].shape[0] == 4
+    error = open_loop_error(env_id, w["qpos"], w["qvel"], w["actions"], w["observations"])  # [H]
+    assert error.shape == (HORIZON,)
+    assert np.isfinite(error[0])
+    compared = error[np.isfinite(error)]
+    assert np.all(compared <= 1e-10), error
+
+
+def test_open_loop_error_equals_a_known_perturbation():
+    # Reacher's 50-step episodes never terminate inside the window: every step is compared.
+    w = collect_windows("Reacher-v5", num_windows=3, horizon=HORIZON, seed=1)
+    v = np.linspace(-1.0, 2.0, w["observations"].shape[-1])  # [D_s]
+    scale = np.zeros(HORIZON)
+    scale[3], scale[5] = 0.5, 2.0
+    imagined = w["observations"] + scale[None, :, None] * v  # [B, H, D_s]
+    error = open_loop_error("Reacher-v5", w["qpos"], w["qvel"], w["actions"], imagined)
+    expected = scale**2 * np.mean(v**2)  # [H]
+    np.testing.assert_allclose(error, expected, atol=1e-10, rtol=1e-9)
+
+
+def test_open_loop_error_stops_at_termination():
+    # Pushing hard tips the pendulum over within a few steps (terminates, reward 0 at that step).
+    push = lambda obs: np.array([3.0], dtype=np.float32)  # noqa: E731
+    w = collect_windows("InvertedPendulum-v5", num_windows=3, horizon=HORIZON, seed=0, policy=push)
+    terminals = w["terminals"]  # [B, H]
+    assert terminals[:, -1].all(), "the test needs every window to terminate inside the horizon"
+    first = terminals.argmax(axis=1)  # step whose transition terminates
+    # Padding (ALGORITHM.md 1): after the terminating step, terminal 1, reward 0, action repeated.
+    for b, h in enumerate(first):
+        assert terminals[b, h:].all() and not terminals[b, :h].any()
+        assert (w["rewards"][b, h + 1:] == 0).all()
+        assert (w["actions"][b, h + 1:] == w["actions"][b, h]).all()
+    # Garbage after the observation of the terminating step must not be compared.
+    imagined = w["observations"].copy()
+    for b, h in enumerate(first):
+        imagined[b, h + 2:] = 1e6
+    error = open_loop_error("InvertedPendulum-v5", w["qpos"], w["qvel"], w["actions"], imagined)
+    last_compared = first.max() + 1
+    assert np.all(error[: last_compared + 1] <= 1e-10), error
+    assert np.all(np.isnan(error[last_compared + 1:])), error
+
+
+def test_open_loop_error_clips_actions_to_the_action_space():
+    w = collect_windows("Reacher-v5", num_windows=2, horizon=HORIZON, seed=2)
+    # Reacher's actions lie in [-1, 1]: imagined actions beyond it are replayed clipped.
+    inflated = np.where(w["actions"] > 0, w["actions"] + 5.0, w["actions"] - 5.0)
+    error_real = open_loop_error("Reacher-v5", w["qpos"], w["qvel"], np.sign(inflated), w["observations"])
+    error_inflated = open_loop_error("Reacher-v5", w["qpos"], w["qvel"], inflated, w["observations"])
+    np.testing.assert_array_equal(error_real, error_inflated)
+    assert error_real[1:].max() > 1e-6  # sign(actions) is not the rollout's actions: a real difference
+
+
+def _linear_policy(obs):
+    # mu(s) = s[..., :2], sigma(s) = exp(0.1 s[..., 2:4]): obs [..., D_s] -> [..., 2] each
+    return obs[..., :2], torch.exp(0.1 * obs[..., 2:4])
+
+
+def test_action_z_stats_closed_form_and_agrees_with_adapt_policy_step():
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(5, 4, 6, generator=g)  # [B, H, D_s]
+    mean, std = _linear_policy(obs)
+    # z of dim 0 alternates -1, +1 (mean 0); z of dim 1 is 2 everywhere except one 3.
+    n = 5 * 4
+    z0 = torch.tensor([-1.0, 1.0] * (n // 2)).reshape(5, 4)
+    z1 = torch.full((5, 4), 2.0)
+    z1[2, 1] = 3.0
+    z = torch.stack([z0, z1], dim=-1)  # [B, H, 2]
+    out = {"observations": obs, "actions": mean + std * z}
+    stats = action_z_stats(out, _linear_policy)
+    mean_z = (0.0 + (2.0 * (n - 1) + 3.0) / n) / 2
+    std0 = math.sqrt(n / (n - 1))  # unbiased std of n alternating +-1
+    std1 = math.sqrt((n - 1) * (1 / n) ** 2 + (1 - 1 / n) ** 2) / math.sqrt(n - 1)
+    assert stats["action_z_mean"] == pytest.approx(mean_z, abs=1e-6)
+    assert stats["action_z_std"] == pytest.approx((std0 + std1) / 2, abs=1e-6)
+
+    wm = WorldModel(obs_dim=6, act_dim=2, config=WorldModelConfig(horizon=4, hidden_dim=16, num_layers=1,
+                                                                  diffusion_steps=4, sampling_steps=4,
+                                                                  return_model_hidden=0))
+    adapted = wm.adapt_policy_step(out, _linear_policy)
+    assert adapted["action_z_mean"] == stats["action_z_mean"]
+    assert adapted["action_z_std"] == stats["action_z_std"]
+
+
+def _tiny_model():
+    config = WorldModelConfig(horizon=4, hidden_dim=32, num_layers=2, diffusion_steps=8, sampling_steps=8,
+                              ema_start=0, return_model_hidden=0)
+    return WorldModel(obs_dim=3, act_dim=2, config=config, seed=0)
+
+
+def _policy(obs):
+    return torch.tanh(obs[..., :2]), torch.full_like(obs[..., :2], 0.5)
+
+
+def _critic(obs):
+    return -(obs**2).sum(dim=-1)
+
+
+@pytest.mark.parametrize("guide", [GuideConfig(kind="sag", scale=0.0), GuideConfig(kind="eag", temperature=math.inf)])
+def test_advantage_gain_of_a_disabled_guide_is_exactly_zero(guide):
+    wm = _tiny_model()
+    start = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    result = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
+    assert result["guidance/advantage_gain"] == 0.0
+    assert result["guidance/advantage_guided"] == result["guidance/advantage_unguided"]
+
+
+def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
+    wm = _tiny_model()
+    start = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    guide = GuideConfig(kind="sag", temperature=0.1, scale=5.0)
+    first = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
+    second = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
+    assert first == second
+    assert first["guidance/advantage_gain"] != 0.0
