@@ -1,0 +1,211 @@
+"""`AGDConfig`: RLlib's `PPOConfig` plus the world model, guidance, imagination and replay sections.
+
+Each section is a frozen dataclass that validates itself on construction, so a bad value fails where it is
+set, with a `ValueError` that quotes it and says what is allowed. For Tune every field also has a dotted
+flat key (`"guidance.temperature"`, `"world_model.hidden_dim"`, `"replay.prefill_steps"`, ...) accepted by
+`update_from_dict` (and so by `param_space`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.utils.annotations import override
+
+from agd_ray.envs.core import validate_env_id
+from agd_ray.world_model.config import GuideConfig, WorldModelConfig
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+
+
+@dataclass(frozen=True)
+class WorldModelTrainingConfig:
+    """When and where the world model trains (ALGORITHM.md section 5, step 2)."""
+
+    updates_per_env_step: float = 1.0  # world-model updates per real env step (reference: 1.0)
+    pretrain_updates: int = 1000  # the first imagination waits for this many updates (reference: 1000)
+    batches_per_call: int = 16  # training batches pulled from replay per actor call (>= 1000 transitions)
+    num_gpus: float = 0.0  # GPUs for the world-model actor (fractions allowed); 0: CPU
+    num_cpus: float = 1.0  # CPUs reserved for the world-model actor
+    torch_threads: int = 1  # torch.set_num_threads in the actor (ENVIRONMENT.md: 1 on small machines)
+
+    def __post_init__(self) -> None:
+        _check("updates_per_env_step", self.updates_per_env_step, self.updates_per_env_step >= 0, ">= 0")
+        _check("pretrain_updates", self.pretrain_updates, int(self.pretrain_updates) >= 0, "an integer >= 0")
+        _check("batches_per_call", self.batches_per_call, self.batches_per_call >= 1, "an integer >= 1")
+        _check("num_gpus", self.num_gpus, self.num_gpus >= 0, ">= 0")
+        _check("num_cpus", self.num_cpus, self.num_cpus >= 0, ">= 0")
+        _check("torch_threads", self.torch_threads, self.torch_threads >= 1, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    """Guided imagination feeding PPO (ALGORITHM.md section 5, steps 3-4)."""
+
+    batch_size: int = 1024  # imagined windows per PPO update (reference: 1024)
+    num_workers: int = 1  # imagination workers (one world-model actor each); only 1 is implemented
+    policy_updates_per_iteration: int = 1  # imagine + PPO-update rounds per training iteration
+    advantage_gain_windows: int = 64  # windows of the unguided twin batch for guidance/advantage_gain (0: off)
+
+    def __post_init__(self) -> None:
+        _check("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _check("num_workers", self.num_workers, self.num_workers == 1, "1 (more workers are not implemented)")
+        _check(
+            "policy_updates_per_iteration",
+            self.policy_updates_per_iteration,
+            self.policy_updates_per_iteration >= 1,
+            "an integer >= 1",
+        )
+        _check("advantage_gain_windows", self.advantage_gain_windows, self.advantage_gain_windows >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay actor and what the env runners stream into it (ALGORITHM.md sections 1 and 5)."""
+
+    capacity: int = 1_000_000  # transitions kept (oldest dropped first)
+    prefill_steps: int = 5000  # uniformly random env steps before the policy acts (reference: 5000)
+    chunk_size: int = 1000  # env runners send >= this many transitions per call (and the rest at sample end)
+
+    def __post_init__(self) -> None:
+        _check("capacity", self.capacity, self.capacity >= 1, "an integer >= 1")
+        _check("prefill_steps", self.prefill_steps, self.prefill_steps >= 0, "an integer >= 0")
+        _check("chunk_size", self.chunk_size, self.chunk_size >= 1, "an integer >= 1")
+
+
+# section name (method and dotted-key prefix) -> attribute holding the frozen dataclass(es)
+_SECTIONS = {
+    "world_model": ("world_model_config", "world_model_training"),
+    "guidance": ("guide_config",),
+    "imagination": ("imagination_config",),
+    "replay": ("replay_config",),
+}
+
+
+class AGDConfig(PPOConfig):
+    """Configuration of `AGD`: PPO on guided imagined episodes, or plain PPO with `.model_free()`.
+
+    `train_batch_size_per_learner` is the number of real env steps sampled per iteration (as in PPO);
+    the imagined batch per PPO update is `imagination.batch_size` windows.
+    """
+
+    def __init__(self, algo_class=None):
+        if algo_class is None:
+            from agd_ray.algorithm import AGD  # local: algorithm.py imports this module
+
+            algo_class = AGD
+        super().__init__(algo_class=algo_class)
+        self.world_model_config = WorldModelConfig()
+        self.world_model_training = WorldModelTrainingConfig()
+        self.guide_config = GuideConfig(kind="sag")
+        self.imagination_config = ImaginationConfig()
+        self.replay_config = ReplayConfig()
+        self.model_based = True
+        # ALGORITHM.md section 4: gamma 0.99, GAE lambda 0.9, 2x256 MLPs (RLlib's default net).
+        self.gamma = 0.99
+        self.lambda_ = 0.9
+        self.train_batch_size_per_learner = 1000
+        self.minibatch_size = 256
+        self.num_epochs = 5
+        from agd_ray.envs.runner import AGDEnvRunner
+
+        self.env_runner_cls = AGDEnvRunner
+
+    # -- sections ---------------------------------------------------------------------------------------
+    def world_model(self, **kwargs) -> "AGDConfig":
+        """Fields of `WorldModelConfig` (horizon, hidden_dim, ...) and `WorldModelTrainingConfig`
+        (updates_per_env_step, pretrain_updates, num_gpus, ...)."""
+        model_keys = {f.name for f in fields(WorldModelConfig)}
+        training_keys = {f.name for f in fields(WorldModelTrainingConfig)}
+        unknown = sorted(set(kwargs) - model_keys - training_keys)
+        if unknown:
+            raise ValueError(f"unknown world_model keys {unknown}; allowed: {sorted(model_keys | training_keys)}")
+        model = {k: v for k, v in kwargs.items() if k in model_keys}
+        training = {k: v for k, v in kwargs.items() if k in training_keys}
+        self.world_model_config = replace(self.world_model_config, **model)
+        self.world_model_training = replace(self.world_model_training, **training)
+        return self
+
+    def guidance(self, **kwargs) -> "AGDConfig":
+        """Fields of `GuideConfig`: kind (none|sag|eag|reward), temperature, scale, advantage, ..."""
+        self.guide_config = _replace_checked("guidance", self.guide_config, kwargs)
+        return self
+
+    def imagination(self, **kwargs) -> "AGDConfig":
+        """Fields of `ImaginationConfig`: batch_size, num_workers, policy_updates_per_iteration, ..."""
+        self.imagination_config = _replace_checked("imagination", self.imagination_config, kwargs)
+        return self
+
+    def replay(self, **kwargs) -> "AGDConfig":
+        """Fields of `ReplayConfig`: capacity, prefill_steps, chunk_size."""
+        self.replay_config = _replace_checked("replay", self.replay_config, kwargs)
+        return self
+
+    def model_free(self, enabled: bool = True) -> "AGDConfig":
+        """Plain PPO on real data in the same harness (the model-free baseline): no replay, no world model."""
+        self.model_based = not enabled
+        return self
+
+    # -- Tune / serialisation ----------------------------------------------------------------------------
+    def flat_sections(self) -> dict:
+        """All section fields as dotted flat keys: {"guidance.temperature": 1.0, ...}."""
+        flat = {}
+        for section, attrs in _SECTIONS.items():
+            for attr in attrs:
+                for key, value in asdict(getattr(self, attr)).items():
+                    flat[f"{section}.{key}"] = value
+        flat["model_based"] = self.model_based
+        return flat
+
+    @override(PPOConfig)
+    def to_dict(self):
+        config = super().to_dict()
+        for attrs in _SECTIONS.values():
+            for attr in attrs:
+                config[attr] = asdict(getattr(self, attr))
+        return config
+
+    @override(PPOConfig)
+    def update_from_dict(self, config_dict):
+        config_dict = dict(config_dict)
+        section_kwargs: dict[str, dict] = {s: {} for s in _SECTIONS}
+        for key in list(config_dict):
+            prefix, _, name = key.partition(".")
+            if name and prefix in _SECTIONS:
+                section_kwargs[prefix][name] = config_dict.pop(key)
+            for section, attrs in _SECTIONS.items():
+                if key in attrs and isinstance(config_dict.get(key), dict):
+                    section_kwargs[section].update(config_dict.pop(key))
+        super().update_from_dict(config_dict)
+        for section, kwargs in section_kwargs.items():
+            if kwargs:
+                getattr(self, section)(**kwargs)
+        return self
+
+    # -- checks --------------------------------------------------------------------------------------------
+    @override(PPOConfig)
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.env, str):
+            validate_env_id(self.env)
+        if self.model_based and not self.in_evaluation:
+            _check(
+                "minibatch_size",
+                self.minibatch_size,
+                self.minibatch_size is None
+                or self.minibatch_size <= self.imagination_config.batch_size * (self.world_model_config.horizon - 1),
+                f"<= imagined transitions per update (batch_size x (horizon - 1) = "
+                f"{self.imagination_config.batch_size * (self.world_model_config.horizon - 1)})",
+            )
+
+
+def _replace_checked(section: str, current, kwargs: dict):
+    known = {f.name for f in fields(current)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown {section} keys {unknown}; allowed: {sorted(known)}")
+    return replace(current, **kwargs)

@@ -1,0 +1,112 @@
+"""`AGDEnvRunner`: RLlib's single-agent env runner that also streams its transitions to the replay actor.
+
+The seam is `EnvRunner.sample()` (STYLE.md): the parent samples exactly as RLlib does (policy, connectors,
+episode metrics); this subclass then turns the returned episode chunks into transition arrays and sends
+them to replay as msgpack chunks of >= `chunk_size` transitions (the remainder at the end of each call).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+from agd_ray.envs.core import register_recording_env
+
+# Episode ids on the wire are int64: runner id in the high bits, a per-runner counter in the low ones.
+_EPISODE_ID_BITS = 40
+
+
+class AGDEnvRunner(SingleAgentEnvRunner):
+    """Samples like `SingleAgentEnvRunner` and streams transitions to a replay actor once connected.
+
+    Until `connect_replay` is called it behaves exactly like its parent (model-free baseline, evaluation).
+    """
+
+    def __init__(self, *, config, **kwargs):
+        if isinstance(config.env, str):
+            register_recording_env(config.env)
+        super().__init__(config=config, **kwargs)
+        self._replay = None
+        self._return_episodes = True
+        self._chunk_size = 1000
+        self._pending: list[dict] = []
+        self._pending_count = 0
+        self._chunk_seq_no = 0
+        self._episode_ids: dict[str, int] = {}
+        self._next_episode_number = 0
+
+    def connect_replay(self, replay, *, chunk_size: int = 1000, return_episodes: bool = False) -> None:
+        """Stream every sampled transition to `replay` (an actor with `add_encoded`) from now on.
+
+        return_episodes: whether `sample()` still returns the episodes (the model-based loop only needs the
+        metrics, so by default it returns none and saves the transfer).
+        """
+        self._replay = replay
+        self._chunk_size = int(chunk_size)
+        self._return_episodes = bool(return_episodes)
+
+    def sample(self, *, random_actions: bool = False, **kwargs):
+        """`SingleAgentEnvRunner.sample`, then stream the new transitions to replay (if connected)."""
+        episodes = super().sample(random_actions=random_actions, **kwargs)
+        if self._replay is None:
+            return episodes
+        sends = []
+        for episode in episodes:
+            if len(episode) == 0:
+                continue
+            self._pending.append(self._episode_to_arrays(episode, random_actions=random_actions))
+            self._pending_count += len(episode)
+            if self._pending_count >= self._chunk_size:
+                sends.append(self._send_pending())
+        if self._pending_count:
+            sends.append(self._send_pending())
+        # Wait for receipt so that replay holds every step this call reports (one round trip per call).
+        ray.get(sends)
+        for episode in episodes:
+            if episode.is_done:
+                self._episode_ids.pop(episode.id_, None)
+        return episodes if self._return_episodes else []
+
+    def _send_pending(self):
+        from agd_ray.replay.wire import encode_chunk
+
+        chunk = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
+        chunk["runner_id"] = int(self.worker_index or 0)
+        chunk["seq_no"] = self._chunk_seq_no
+        self._chunk_seq_no += 1
+        self._pending, self._pending_count = [], 0
+        return self._replay.add_encoded.remote(encode_chunk(chunk))
+
+    def _episode_number(self, episode_id: str) -> int:
+        if episode_id not in self._episode_ids:
+            self._episode_ids[episode_id] = self._next_episode_number
+            self._next_episode_number += 1
+        return (int(self.worker_index or 0) << _EPISODE_ID_BITS) | self._episode_ids[episode_id]
+
+    def _episode_to_arrays(self, episode, *, random_actions: bool) -> dict:
+        """One episode chunk of T steps -> transition arrays of length T (wire field names)."""
+        observations = np.asarray(episode.get_observations(), dtype=np.float32)  # [T+1, D_s]
+        actions = np.asarray(episode.get_actions(), dtype=np.float32)  # [T, D_a]
+        infos = episode.get_infos()  # T+1, each with the sim state of observations[t]
+        steps = len(actions)
+        if random_actions and self.config.normalize_actions:
+            # Random actions are drawn in env space; the policy (and so the world model) works in RLlib's
+            # normalised action space [-1, 1], where the module's own samples live.
+            space = self.env.single_action_space
+            actions = (2.0 * (actions - space.low) / (space.high - space.low) - 1.0).astype(np.float32)
+        terminated = np.zeros(steps, dtype=bool)
+        truncated = np.zeros(steps, dtype=bool)
+        terminated[-1] = episode.is_terminated
+        truncated[-1] = episode.is_truncated
+        return {
+            "observations": observations[:-1],
+            "actions": actions.reshape(steps, -1),
+            "rewards": np.asarray(episode.get_rewards(), dtype=np.float32),
+            "next_observations": observations[1:],
+            "terminated": terminated,
+            "truncated": truncated,
+            "qpos": np.stack([np.asarray(i["qpos"], dtype=np.float64) for i in infos[:-1]]),
+            "qvel": np.stack([np.asarray(i["qvel"], dtype=np.float64) for i in infos[:-1]]),
+            "episode_ids": np.full(steps, self._episode_number(episode.id_), dtype=np.int64),
+        }

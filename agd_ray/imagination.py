@@ -1,0 +1,126 @@
+"""Imagined windows -> RLlib `SingleAgentEpisode`s, and the policy/critic callables the world model guides with.
+
+ALGORITHM.md section 4: one window is one episode. A window holds states s[0:H], actions a[0:H], rewards
+r[0:H] and terminals d[0:H], where r[h], d[h] belong to the transition (s[h], a[h]) -> s[h+1]. With h* the
+first predicted termination the episode is s[0..h*+1], a/r[0..h*], terminated=True (when h* = H-1 the
+window holds no s[H]; the last state is repeated, harmless since a terminal state is never bootstrapped).
+Without a termination it is s[0..H-1], a/r[0..H-2], truncated=True, so GAE bootstraps from V(s[H-1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+
+def episode_cut(terminals: np.ndarray) -> tuple[int, bool]:
+    """(number of transitions, terminated) of one window with terminals `d: [H]` (bool)."""
+    horizon = len(terminals)
+    hits = np.flatnonzero(np.asarray(terminals, dtype=bool))
+    if len(hits):
+        return int(hits[0]) + 1, True
+    return horizon - 1, False
+
+
+def windows_to_episodes(
+    windows: dict,
+    *,
+    weights_seq_no: int,
+    observation_space=None,
+    action_space=None,
+) -> list[SingleAgentEpisode]:
+    """Imagined arrays -> one `SingleAgentEpisode` per window.
+
+    windows: observations [B, H, D_s], actions [B, H, D_a], rewards [B, H], terminals [B, H] (bool),
+    action_logp [B, H] and action_dist_inputs [B, H, 2 D_a] of the guiding policy version `weights_seq_no`
+    (numpy arrays or torch tensors).
+    """
+    arrays = {k: _numpy(v) for k, v in windows.items()}
+    observations, actions = arrays["observations"], arrays["actions"]  # [B, H, D_s], [B, H, D_a]
+    rewards, terminals = arrays["rewards"], arrays["terminals"].astype(bool)  # [B, H]
+    logp, dist_inputs = arrays["action_logp"], arrays["action_dist_inputs"]  # [B, H], [B, H, 2 D_a]
+    episodes = []
+    for b in range(observations.shape[0]):
+        steps, terminated = episode_cut(terminals[b])
+        obs = observations[b, : steps + 1]
+        if len(obs) == steps:  # terminated at the window's last step: no s[H] in the window
+            obs = np.concatenate([obs, obs[-1:]])
+        episode = SingleAgentEpisode(
+            observations=list(obs),
+            actions=list(actions[b, :steps]),
+            rewards=list(rewards[b, :steps].astype(np.float32)),
+            extra_model_outputs={
+                Columns.ACTION_LOGP: list(logp[b, :steps]),
+                Columns.ACTION_DIST_INPUTS: list(dist_inputs[b, :steps]),
+                WEIGHTS_SEQ_NO: [int(weights_seq_no)] * steps,
+            },
+            terminated=terminated,
+            truncated=not terminated,
+            len_lookback_buffer=0,
+            observation_space=observation_space,
+            action_space=action_space,
+        )
+        episodes.append(episode.to_numpy())
+    return episodes
+
+
+def _numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _flat_obs(observations: torch.Tensor) -> torch.Tensor:
+    return observations.reshape(-1, observations.shape[-1])
+
+
+def action_dist_inputs(module, observations: torch.Tensor) -> torch.Tensor:
+    """The module's action-distribution inputs for `observations: [..., D_s]` -> [..., 2 D_a] (differentiable)."""
+    out = module.forward_exploration({Columns.OBS: _flat_obs(observations)})
+    inputs = out[Columns.ACTION_DIST_INPUTS]
+    return inputs.reshape(*observations.shape[:-1], inputs.shape[-1])
+
+
+def action_logp(module, dist_inputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log pi(a | s) under the module's own action distribution class: [..., D_a] -> [...]."""
+    dist_cls = module.get_exploration_action_dist_cls()
+    flat = dist_cls.from_logits(dist_inputs.reshape(-1, dist_inputs.shape[-1]))
+    return flat.logp(actions.reshape(-1, actions.shape[-1])).reshape(actions.shape[:-1])
+
+
+def make_policy(module):
+    """Callable observations [..., D_s] -> (mean [..., D_a], std [..., D_a]) of a Gaussian RLModule.
+
+    For a Box action space RLlib's Gaussian inputs are [mean, log_std]; both are in the module's (normalised)
+    action space, the space the world model's actions live in.
+    """
+
+    def policy(observations: torch.Tensor):
+        inputs = action_dist_inputs(module, observations)
+        mean, log_std = torch.chunk(inputs, 2, dim=-1)
+        return mean, log_std.exp()
+
+    return policy
+
+
+def make_critic(module):
+    """Callable observations [..., D_s] -> V(s) [...] from the module's value head (unnormalised states)."""
+
+    def critic(observations: torch.Tensor) -> torch.Tensor:
+        values = module.compute_values({Columns.OBS: _flat_obs(observations)})
+        return values.reshape(observations.shape[:-1])
+
+    return critic
+
+
+def policy_outputs(module, observations, actions) -> dict:
+    """`action_dist_inputs` [..., 2 D_a] and `action_logp` [...] of `actions` under `module` (no grad, numpy)."""
+    with torch.no_grad():
+        obs = torch.as_tensor(_numpy(observations), dtype=torch.float32)
+        act = torch.as_tensor(_numpy(actions), dtype=torch.float32)
+        inputs = action_dist_inputs(module, obs)
+        logp = action_logp(module, inputs, act)
+    return {"action_dist_inputs": inputs.numpy(), "action_logp": logp.numpy()}
