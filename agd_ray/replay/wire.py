@@ -157,6 +157,8 @@ def decode_chunk(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     except WireError:
         raise
     except Exception as error:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+        if "max_ext_len" in str(error):  # max_ext_len=0 refuses every ext type, timestamps included
+            raise WireError("chunk: contains a msgpack ext type; allowed: no ext types") from None
         detail = f"{type(error).__name__}: {error}"[:160]
         raise WireError(f"chunk: not a valid msgpack message ({detail}); allowed: a map as encode_chunk writes") from None
 
