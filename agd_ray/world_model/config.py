@@ -107,7 +107,7 @@ class GuideConfig(_Config):
 
     kind: str = "none"  # none|sag|eag|reward
     temperature: float = 1.0  # beta > 0; math.inf switches the advantage guide off exactly
-    scale: float = 1.0  # c >= 0; 0 switches the guide off exactly
+    scale: float = 0.1  # c >= 0; 0 switches the guide off exactly (x0 classifier steps diverge past ~0.3, RESULTS.md)
     scale_mode: str = "classifier"  # classifier: mu += c*var*g (ours); reference: x0 += c*var**2*g
     advantage: str = "gae"  # td1 (reference) or gae (ours)
     gamma: float = 0.99  # discount of the advantage

@@ -243,8 +243,10 @@ class WorldModel:
             settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
         )
         ds = self.obs_dim
+        observations = norm.unnormalize("observations", x0[..., :ds])
+        observations[:, 0] = start  # s[0] is the real state, bit for bit (not a normalise/unnormalise round trip)
         return {
-            "observations": norm.unnormalize("observations", x0[..., :ds]),
+            "observations": observations,
             "actions": norm.unnormalize("actions", actions),
             "rewards": norm.unnormalize("rewards", x0[..., ds]),
             "terminals": norm.unnormalize("terminals", x0[..., ds + 1]) > 0.5,

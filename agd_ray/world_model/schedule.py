@@ -59,8 +59,8 @@ class DiffusionSchedule:
 
     def kept_steps(self, num_sampling_steps: int) -> np.ndarray:
         """K distinct timesteps from N down to 1, evenly spaced (N and 1 always kept)."""
-        steps = np.unique(np.round(np.linspace(1, self.num_steps, num_sampling_steps)).astype(np.int64))
-        return steps[::-1]
+        # Spacing (N - 1) / (K - 1) >= 1 keeps the rounded steps distinct; K = 1 keeps only N.
+        return np.round(np.linspace(self.num_steps, 1, num_sampling_steps)).astype(np.int64)
 
     def reverse_steps(self, num_sampling_steps: int) -> list[ReverseStep]:
         """Reverse steps t -> s between consecutive kept timesteps (the last one goes to s = 0).

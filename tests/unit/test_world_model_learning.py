@@ -1,0 +1,160 @@
+"""A model trained on a known linear system: it learns the dynamics, and guidance raises the advantage
+without breaking them (ALGORITHM.md 3.3, "what a guide must achieve, measured")."""
+
+import numpy as np
+import pytest
+import torch
+
+from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
+from agd_ray.world_model.guidance import n_step_advantage
+
+DS = DA = 2
+H = 6
+A_DYN, B_DYN, NOISE = 0.9, 0.3, 0.1  # s' = 0.9 s + 0.3 a + 0.1 eps, r = -|s|^2
+GAMMA = 0.99
+
+
+def rollout(n, rng):
+    s = np.zeros((n, H, DS))
+    a = rng.uniform(-1, 1, (n, H, DA))
+    s[:, 0] = rng.normal(0, 1.5, (n, DS))
+    for h in range(H - 1):
+        s[:, h + 1] = A_DYN * s[:, h] + B_DYN * a[:, h] + NOISE * rng.normal(size=(n, DS))
+    return {"observations": s, "actions": a, "rewards": -(s**2).sum(-1), "terminals": np.zeros((n, H))}
+
+
+def policy(s):  # the data's action distribution, roughly: mean 0, std of U[-1, 1]
+    return torch.zeros(s.shape[:-1] + (DA,)), torch.full(s.shape[:-1] + (DA,), 0.58)
+
+
+def critic(s):  # a known critic: V(s) = -5 |s|^2
+    return -5.0 * (s**2).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    rng = np.random.default_rng(0)
+    data = rollout(20000, rng)
+    cfg = WorldModelConfig(horizon=H, hidden_dim=128, num_layers=2, diffusion_steps=32, sampling_steps=32,
+                           lr=1e-3, ema_start=10**9, return_model_hidden=64)
+    wm = WorldModel(DS, DA, cfg, seed=0)
+    wm.fit_normalizer(data)
+    losses = []
+    for _ in range(1200):
+        idx = rng.integers(0, len(data["rewards"]), 256)
+        losses.append(wm.update({k: v[idx] for k, v in data.items()})["loss"])
+    start = torch.as_tensor(rng.normal(0, 1.5, (512, DS)), dtype=torch.float32)
+    return wm, np.array(losses), start
+
+
+def consistency(out):
+    """Mean squared one-step dynamics residual and reward error of imagined windows against the true system."""
+    s, a, r = out["observations"], out["actions"], out["rewards"]
+    residual = s[:, 1:] - A_DYN * s[:, :-1] - B_DYN * a[:, :-1]
+    return (residual**2).mean().item(), ((r + (s**2).sum(-1)) ** 2).mean().item()
+
+
+def advantage(out):
+    r = out["rewards"]
+    return n_step_advantage(r, critic(out["observations"]), 1.0 - out["terminals"].float(), GAMMA).mean().item()
+
+
+def imagine(wm, start, guide):
+    return wm.imagine(start, policy=policy, critic=critic, guide=guide, generator=torch.Generator().manual_seed(0))
+
+
+def test_loss_falls_and_imagined_windows_follow_the_true_dynamics(trained):
+    wm, losses, start = trained
+    assert losses[-100:].mean() < 0.1 * losses[:10].mean()
+    out = imagine(wm, start, GuideConfig(kind="none"))
+    dyn, rew = consistency(out)
+    assert dyn < 2 * NOISE**2  # the residual is the process noise, not model error
+    reward_var = float(((out["observations"] ** 2).sum(-1)).var())
+    assert rew < 0.1 * reward_var  # the reward channel explains > 90% of the reward variance
+
+
+@pytest.mark.parametrize("kind", ["sag", "eag"])
+@pytest.mark.parametrize("extra", [{}, {"grad_wrt": "xt", "scale": 5.0}], ids=["default", "xt"])
+def test_guidance_raises_the_advantage_more_at_lower_temperature_and_keeps_the_dynamics(trained, kind, extra):
+    wm, _, start = trained
+    base = imagine(wm, start, GuideConfig(kind="none"))
+    base_adv, (base_dyn, base_rew) = advantage(base), consistency(base)
+    gains = []
+    for temperature in (3.0, 1.0):
+        out = imagine(wm, start, GuideConfig(kind=kind, temperature=temperature, **extra))
+        gains.append(advantage(out) - base_adv)
+        dyn, rew = consistency(out)
+        assert dyn < 1.5 * base_dyn + 1e-3, (temperature, dyn, base_dyn)
+        assert rew < 1.5 * base_rew + 0.05, (temperature, rew, base_rew)
+    assert 0 < gains[0] < gains[1], gains
+
+
+def test_reference_settings_gain_less_than_ours(trained):
+    """The reference guide's telescoped gradient points at lower value on interior states: its gain is
+    smaller than the default guide's at the same temperature (ALGORITHM.md 3.3)."""
+    wm, _, start = trained
+    base = advantage(imagine(wm, start, GuideConfig(kind="none")))
+    ours = advantage(imagine(wm, start, GuideConfig(kind="eag", temperature=1.0))) - base
+    ref = advantage(imagine(wm, start, GuideConfig.reference("eag", temperature=1.0))) - base
+    assert ours > 0 and ref < 0.25 * ours, (ours, ref)
+
+
+def test_reward_guide_return_model_learns_and_guidance_raises_the_return(trained):
+    wm, _, start = trained
+    base = imagine(wm, start, GuideConfig(kind="none"))
+    guided = imagine(wm, start, GuideConfig(kind="reward", scale=1.0))
+    discount = GAMMA ** torch.arange(H)
+    ret = lambda out: (out["rewards"] * discount).sum(-1).mean().item()  # noqa: E731
+    assert ret(guided) > ret(base)
+    dyn, _ = consistency(guided)
+    assert dyn < 1.5 * consistency(base)[0] + 1e-3
+
+
+def test_adaptive_delta_drives_the_standardised_action_std_toward_one(trained):
+    wm0, _, start = trained
+    wm = WorldModel(DS, DA, wm0.config.replace(delta_lr=0.3, delta_init=1e-4), seed=0)
+    wm.load_state_dict(wm0.state_dict() | {"config": wm.config.to_dict(), "log_delta": np.log(1e-4)})
+    narrow = lambda s: (torch.zeros(s.shape[:-1] + (DA,)), torch.full(s.shape[:-1] + (DA,), 0.2))  # noqa: E731
+    stds = []
+    for i in range(40):
+        out = wm.imagine(start[:256], policy=narrow, generator=torch.Generator().manual_seed(i))
+        stds.append(wm.adapt_policy_step(out, narrow)["action_z_std"])
+    first, last = abs(stds[0] - 1), abs(np.mean(stds[-5:]) - 1)
+    assert first > 0.5 and last < 0.15, stds
+
+
+def test_state_dict_round_trip_continues_identically(trained):
+    wm, _, start = trained
+    clone = WorldModel(DS, DA, wm.config, seed=123)
+    clone.load_state_dict(wm.state_dict())
+    a, b = imagine(wm, start[:32], GuideConfig(kind="sag")), imagine(clone, start[:32], GuideConfig(kind="sag"))
+    assert torch.equal(a["observations"], b["observations"]) and clone.delta == wm.delta
+    batch = rollout(64, np.random.default_rng(5))
+    before = {k: v.clone() for k, v in wm.denoiser.state_dict().items()}
+    la, lb = wm.update(batch)["loss"], clone.update(batch)["loss"]
+    assert la == lb  # same RNG state for t and noise, same weights and optimiser moments
+    wm.load_state_dict({**wm.state_dict(), "denoiser": before})  # leave the shared fixture as it was
+
+
+def test_bad_training_batches_are_refused_counted_and_change_nothing(trained):
+    wm0, _, _ = trained
+    wm = WorldModel(DS, DA, wm0.config, seed=0)
+    wm.load_state_dict(wm0.state_dict())
+    weights = {k: v.clone() for k, v in wm.denoiser.state_dict().items()}
+    good = rollout(8, np.random.default_rng(1))
+    nan = {**good, "rewards": good["rewards"].copy()}
+    nan["rewards"][0, 2] = np.nan
+    bad_batches = [
+        (nan, "rewards contains NaN"),
+        ({**good, "observations": good["observations"] * np.inf}, "observations contains NaN or inf"),
+        ({**good, "actions": good["actions"][:, :, :1]}, r"actions has shape \(8, 6, 1\)"),
+        ({**good, "rewards": good["rewards"][:, :3]}, r"rewards has shape \(8, 3\)"),
+        ({k: v for k, v in good.items() if k != "terminals"}, "lacks fields"),
+    ]
+    for i, (batch, needle) in enumerate(bad_batches, start=1):
+        with pytest.raises(ValueError, match=needle):
+            wm.update(batch)
+        assert wm.num_rejected_batches == i
+    assert wm.num_updates == wm0.num_updates
+    for k, v in wm.denoiser.state_dict().items():
+        assert torch.equal(v, weights[k]), k
