@@ -50,15 +50,19 @@ class WorldModel:
         self._sqrt_alpha_bar = torch.as_tensor(np.sqrt(self.schedule.alpha_bar), dtype=torch.float32,
                                                device=self.device)  # [N+1]
         self._reverse_steps = self.schedule.reverse_steps(config.sampling_steps)
-        torch.manual_seed(seed)
-        self.denoiser = ResidualMLPDenoiser(obs_dim, act_dim, config.horizon, config.hidden_dim, config.num_layers,
-                                            config.diffusion_steps, config.fourier_features).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.denoiser = ResidualMLPDenoiser(obs_dim, act_dim, config.horizon, config.hidden_dim,
+                                                config.num_layers, config.diffusion_steps,
+                                                config.fourier_features).to(self.device)
+            self.return_model = None
+            if config.return_model_hidden > 0:
+                self.return_model = ReturnModel(obs_dim, act_dim, config.horizon, config.return_model_hidden,
+                                                config.diffusion_steps).to(self.device)
         self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.lr)
-        self.return_model = self.return_optimizer = None
-        if config.return_model_hidden > 0:
-            self.return_model = ReturnModel(obs_dim, act_dim, config.horizon, config.return_model_hidden,
-                                            config.diffusion_steps).to(self.device)
+        self.return_optimizer = None
+        if self.return_model is not None:
             self.return_optimizer = torch.optim.Adam(self.return_model.parameters(), lr=config.lr)
         self._discounts = config.return_gamma ** torch.arange(config.horizon, dtype=torch.float32,
                                                                device=self.device)  # [H]
