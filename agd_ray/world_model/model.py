@@ -301,7 +301,10 @@ class WorldModel:
         self.log_delta = float(state["log_delta"])
         self.num_updates = int(state["num_updates"])
         self.num_rejected_batches = int(state["num_rejected_batches"])
-        self._train_generator.set_state(state["train_generator"])
+        try:
+            self._train_generator.set_state(state["train_generator"])
+        except RuntimeError:  # saved on another device kind (CUDA vs CPU states differ): reseed deterministically
+            self._train_generator.manual_seed(int(state["num_updates"]) + 1)
 
     def metrics(self) -> dict:
         return {
