@@ -55,7 +55,7 @@ class AGD(PPO):
             register_recording_env(config.env)
         super().setup(config)
         self._counters = {"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
-                          "imagined_episodes": 0, "policy_updates": 0}
+                          "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0}
         self._replay = self._world_model = None
         if not self.config.model_based:
             return
@@ -90,12 +90,18 @@ class AGD(PPO):
             device="cuda" if training.num_gpus > 0 else "cpu",
             torch_threads=training.torch_threads,
         )
+        self._connect_env_runners()
+        self._push_weights_to_world_model()
+
+    def _connect_env_runners(self) -> None:
+        """Env runners stream to replay from now on (a new stream per connection, see AGDEnvRunner)."""
         replay, chunk_size = self._replay, self.config.replay_config.chunk_size
+        connection = self._counters["replay_connections"]
         self.env_runner_group.foreach_env_runner(
-            lambda runner: runner.connect_replay(replay, chunk_size=chunk_size, return_episodes=False),
+            lambda runner: runner.connect_replay(replay, chunk_size=chunk_size, return_episodes=False,
+                                                 connection=connection),
             local_env_runner=True,
         )
-        self._push_weights_to_world_model()
 
     # ---------------------------------------------------------------------------------------------------
     @override(PPO)
@@ -155,7 +161,13 @@ class AGD(PPO):
             out = ray.get(self._world_model.imagine.remote(
                 batch_size=imagination.batch_size, seed=seed,
                 advantage_gain_windows=imagination.advantage_gain_windows))
-            episodes = windows_to_episodes(out["windows"], weights_seq_no=out["weights_seq_no"],
+            windows = out["windows"]
+            finite = np.ones(len(windows["observations"]), dtype=bool)
+            for value in windows.values():
+                finite &= np.isfinite(np.asarray(value, dtype=np.float64)).reshape(len(finite), -1).all(axis=1)
+            windows = {k: np.asarray(v)[finite] for k, v in windows.items()}
+            self.metrics.log_value(("imagination", "num_nonfinite_windows"), int((~finite).sum()), window=1)
+            episodes = windows_to_episodes(windows, weights_seq_no=out["weights_seq_no"],
                                            observation_space=self._observation_space,
                                            action_space=self._action_space)
             metrics = out["metrics"]
@@ -243,6 +255,8 @@ class AGD(PPO):
             state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=False)
             ray.get(self._world_model.set_state.remote(state))
             ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
+            self._counters["replay_connections"] += 1
+            self._connect_env_runners()
             self._push_weights_to_world_model()
 
     @override(PPO)

@@ -111,6 +111,10 @@ class AGDConfig(PPOConfig):
         self.train_batch_size_per_learner = 1000
         self.minibatch_size = 256
         self.num_epochs = 5
+        # Imagined actions can sit many policy sigmas from the mean (see imagination/action_z_std); their
+        # log-prob gradients are then huge. Clip as CleanRL does (max_grad_norm 0.5).
+        self.grad_clip = 0.5
+        self.grad_clip_by = "global_norm"
         from agd_ray.envs.runner import AGDEnvRunner
 
         self.env_runner_cls = AGDEnvRunner

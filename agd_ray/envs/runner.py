@@ -13,8 +13,11 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from agd_ray.envs.core import register_recording_env
 
-# Episode ids on the wire are int64: runner id in the high bits, a per-runner counter in the low ones.
+# Episode ids on the wire are int64: stream id in the high bits, a per-stream counter in the low ones.
 _EPISODE_ID_BITS = 40
+# Stream id = connection number x this + worker index: a runner reconnected after a restore is a new stream
+# (its chunk seq_no and episode ids start afresh without colliding with the restored replay's).
+_MAX_RUNNERS = 4096
 
 
 class AGDEnvRunner(SingleAgentEnvRunner):
@@ -35,16 +38,27 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         self._chunk_seq_no = 0
         self._episode_ids: dict[str, int] = {}
         self._next_episode_number = 0
+        self._stream_id = int(self.worker_index or 0)
 
-    def connect_replay(self, replay, *, chunk_size: int = 1000, return_episodes: bool = False) -> None:
+    def connect_replay(self, replay, *, chunk_size: int = 1000, return_episodes: bool = False,
+                       connection: int = 0) -> int:
         """Stream every sampled transition to `replay` (an actor with `add_encoded`) from now on.
 
         return_episodes: whether `sample()` still returns the episodes (the model-based loop only needs the
-        metrics, so by default it returns none and saves the transfer).
+        metrics, so by default it returns none and saves the transfer). connection: how many times this
+        run has (re)connected its runners (0 at setup, +1 per restore). Returns the stream id (the chunks'
+        `runner_id`).
         """
+        worker_index = int(self.worker_index or 0)
+        if worker_index >= _MAX_RUNNERS:
+            raise ValueError(f"worker_index={worker_index} is not allowed; at most {_MAX_RUNNERS - 1} env runners")
         self._replay = replay
         self._chunk_size = int(chunk_size)
         self._return_episodes = bool(return_episodes)
+        self._stream_id = int(connection) * _MAX_RUNNERS + worker_index
+        self._pending, self._pending_count, self._chunk_seq_no = [], 0, 0
+        self._episode_ids, self._next_episode_number = {}, 0
+        return self._stream_id
 
     def sample(self, *, random_actions: bool = False, **kwargs):
         """`SingleAgentEnvRunner.sample`, then stream the new transitions to replay (if connected)."""
@@ -72,7 +86,7 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         from agd_ray.replay.wire import encode_chunk
 
         chunk = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
-        chunk["runner_id"] = int(self.worker_index or 0)
+        chunk["runner_id"] = self._stream_id
         chunk["seq_no"] = self._chunk_seq_no
         self._chunk_seq_no += 1
         self._pending, self._pending_count = [], 0
@@ -82,7 +96,7 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         if episode_id not in self._episode_ids:
             self._episode_ids[episode_id] = self._next_episode_number
             self._next_episode_number += 1
-        return (int(self.worker_index or 0) << _EPISODE_ID_BITS) | self._episode_ids[episode_id]
+        return (self._stream_id << _EPISODE_ID_BITS) | self._episode_ids[episode_id]
 
     def _episode_to_arrays(self, episode, *, random_actions: bool) -> dict:
         """One episode chunk of T steps -> transition arrays of length T (wire field names)."""

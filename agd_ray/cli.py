@@ -1,0 +1,406 @@
+"""`agd-ray`: train AGD (or the model-free baseline) and evaluate a checkpoint (ARCHITECTURE.md, command line).
+
+    agd-ray train --env InvertedPendulum-v5 --guide sag --temperature 1.0 --env-steps 15000 --seed 0 --output runs/x
+    agd-ray evaluate runs/x/checkpoint --episodes 10
+
+Every argument is checked before Ray starts: a bad one exits with status 2 and one line naming the value and
+what is allowed. `train` writes into --output: config.json, metrics.jsonl and metrics.csv (one row per
+iteration), TensorBoard events (tb/), checkpoint/ and learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+GUIDE_CHOICES = ("none", "sag", "eag", "reward", "model-free")
+PRESETS = ("cpu", "paper")
+
+# Sizes per preset. `cpu`: small enough that `make run` (InvertedPendulum, 15k env steps) takes minutes on a
+# 2-core laptop. `paper`: ALGORITHM.md's sizes (needs a GPU for the world model).
+PRESET_SETTINGS = {
+    "cpu": {
+        "world_model": dict(horizon=10, hidden_dim=128, num_layers=2, diffusion_steps=32, sampling_steps=8,
+                            batch_size=128, ema_start=500, updates_per_env_step=0.25, pretrain_updates=500,
+                            batches_per_call=16, num_cpus=0),
+        "imagination": dict(batch_size=256, advantage_gain_windows=32),
+        "replay": dict(capacity=200_000, prefill_steps=1000),
+        "training": dict(train_batch_size_per_learner=500, minibatch_size=256, num_epochs=5, lr=3e-4),
+        "num_env_runners": 1,
+        "evaluation_interval": 5,
+        "evaluation_episodes": 3,
+    },
+    "paper": {
+        "world_model": dict(horizon=10, hidden_dim=1024, num_layers=6, diffusion_steps=128, sampling_steps=128,
+                            batch_size=256, updates_per_env_step=1.0, pretrain_updates=1000, num_gpus=1.0),
+        "imagination": dict(batch_size=1024),
+        "replay": dict(capacity=1_000_000, prefill_steps=5000),
+        "training": dict(train_batch_size_per_learner=1000, minibatch_size=1024, num_epochs=5, lr=3e-4),
+        "num_env_runners": 2,
+        "evaluation_interval": 10,
+        "evaluation_episodes": 10,
+    },
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _positive_float(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{name}={text!r} is not a number; {name} must be a number > 0") from None
+    if not value > 0 or math.isnan(value):
+        raise UsageError(f"{name}={value!r} is not allowed; {name} must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agd-ray", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train on one environment and write outputs to --output",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--env", default="HalfCheetah-v5",
+                       help="MuJoCo task: HalfCheetah-v5, Hopper-v5, Walker2d-v5, Reacher-v5 or InvertedPendulum-v5")
+    train.add_argument("--guide", default="sag",
+                       help="guidance kind: none (PolyGRAD), sag, eag (AGD), reward (Diffuser-style), "
+                            "or model-free (plain PPO on real data, the baseline)")
+    train.add_argument("--temperature", default="1.0", help="guidance temperature beta (> 0)")
+    train.add_argument("--scale", default=None, help="guidance scale c (>= 0; default: the guide's default)")
+    train.add_argument("--horizon", type=int, default=None, help="imagined window length H (>= 2; default: preset)")
+    train.add_argument("--env-steps", type=int, default=100_000, help="stop after this many real env steps")
+    train.add_argument("--seed", type=int, default=0, help="random seed of the whole run")
+    train.add_argument("--output", default=None, help="output directory (default: runs/<env>-<guide>-<seed>)")
+    train.add_argument("--preset", default=None,
+                       help="sizes: cpu (laptop) or paper (ALGORITHM.md sizes, GPU); default: paper if CUDA is present")
+    train.add_argument("--address", default=None,
+                       help="join a running Ray cluster (e.g. 'auto'); default: start an embedded local Ray")
+    train.add_argument("--num-env-runners", type=int, default=None, help="real env runners (default: preset)")
+    train.add_argument("--num-cpus", type=int, default=None,
+                       help="logical CPUs of the embedded local Ray (default: the machine's count)")
+    train.add_argument("--eval-interval", type=int, default=None,
+                       help="evaluate the mean action every this many iterations (0: never; default: preset)")
+    train.add_argument("--checkpoint-every", type=int, default=0,
+                       help="also checkpoint every this many iterations (0: only at the end)")
+
+    evaluate = commands.add_parser("evaluate", help="run the mean action of a checkpoint's policy (no Ray)",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("checkpoint", help="a checkpoint directory written by `agd-ray train` (OUTPUT/checkpoint)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to run (>= 1)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset")
+    evaluate.add_argument("--env", default=None, help="environment (default: the one in the checkpoint's config)")
+    return parser
+
+
+# -- validation (no Ray, no actors) --------------------------------------------------------------------------
+def check_train_args(args) -> dict:
+    """Every train argument checked; returns the resolved settings or raises UsageError (one line)."""
+    from agd_ray.envs.core import validate_env_id
+
+    try:
+        validate_env_id(args.env)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.guide not in GUIDE_CHOICES:
+        raise UsageError(f"guide={args.guide!r} is not allowed; choose one of {', '.join(GUIDE_CHOICES)}")
+    temperature = _positive_float("temperature", args.temperature)
+    scale = None
+    if args.scale is not None:
+        try:
+            scale = float(args.scale)
+        except ValueError:
+            raise UsageError(f"scale={args.scale!r} is not a number; scale must be a finite number >= 0") from None
+        if not (scale >= 0 and math.isfinite(scale)):
+            raise UsageError(f"scale={scale!r} is not allowed; scale must be a finite number >= 0")
+    preset = args.preset
+    if preset is None:
+        preset = "paper" if _cuda_available() else "cpu"
+    if preset not in PRESETS:
+        raise UsageError(f"preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
+    if args.horizon is not None and args.horizon < 2:
+        raise UsageError(f"horizon={args.horizon!r} is not allowed; horizon must be an integer >= 2")
+    if args.env_steps < 1:
+        raise UsageError(f"env-steps={args.env_steps!r} is not allowed; env-steps must be >= 1")
+    if args.num_env_runners is not None and args.num_env_runners < 0:
+        raise UsageError(f"num-env-runners={args.num_env_runners!r} is not allowed; it must be >= 0")
+    if args.eval_interval is not None and args.eval_interval < 0:
+        raise UsageError(f"eval-interval={args.eval_interval!r} is not allowed; it must be >= 0")
+    output = pathlib.Path(args.output or f"runs/{args.env}-{args.guide}-{args.seed}")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"output={str(output)!r} exists and is not a directory; give a directory path")
+    # The guide's and world model's own checks (frozen dataclasses; no Ray, no torch needed for these).
+    from agd_ray.world_model.config import GuideConfig, WorldModelConfig
+
+    settings = PRESET_SETTINGS[preset]
+    world_model = dict(settings["world_model"])
+    if args.horizon is not None:
+        world_model["horizon"] = args.horizon
+    guide = {"kind": "none" if args.guide == "model-free" else args.guide, "temperature": temperature}
+    if scale is not None:
+        guide["scale"] = scale
+    try:
+        GuideConfig(**guide)
+        WorldModelConfig(**{k: v for k, v in world_model.items() if k in WorldModelConfig.__dataclass_fields__})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return {"preset": preset, "settings": settings, "world_model": world_model, "guide": guide, "output": output}
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def build_config(args, resolved: dict):
+    """The AGDConfig of a `train` invocation."""
+    from agd_ray.config import AGDConfig
+
+    settings = resolved["settings"]
+    num_env_runners = settings["num_env_runners"] if args.num_env_runners is None else args.num_env_runners
+    eval_interval = settings["evaluation_interval"] if args.eval_interval is None else args.eval_interval
+    config = (
+        AGDConfig()
+        .environment(args.env)
+        .env_runners(num_env_runners=num_env_runners, num_cpus_per_env_runner=1 if num_env_runners else 0)
+        .training(**settings["training"])
+        .world_model(**resolved["world_model"])
+        .guidance(**resolved["guide"])
+        .imagination(**settings["imagination"])
+        .replay(**settings["replay"])
+        .debugging(seed=args.seed)
+        .reporting(metrics_num_episodes_for_smoothing=20)
+    )
+    if args.guide == "model-free":
+        config = config.model_free()
+    if eval_interval:
+        config = config.evaluation(
+            evaluation_interval=eval_interval,
+            evaluation_num_env_runners=1,
+            evaluation_duration=settings["evaluation_episodes"],
+            evaluation_duration_unit="episodes",
+            evaluation_config={"explore": False},
+        )
+    return config
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------
+ROW_KEYS = {
+    "iteration": ("training_iteration",),
+    "env_steps": ("agd", "env_steps_lifetime"),
+    "episode_return_mean": ("env_runners", "episode_return_mean"),
+    "eval_return_mean": ("evaluation", "env_runners", "episode_return_mean"),
+    "world_model_loss": ("world_model", "loss"),
+    "world_model_updates": ("world_model", "num_updates"),
+    "imagined_transitions": ("imagination", "num_transitions_lifetime"),
+    "imagination_transitions_per_s": ("imagination", "transitions_per_s"),
+    "action_z_std": ("imagination", "action_z_std"),
+    "advantage_gain": ("guidance", "advantage_gain"),
+    "replay_size": ("replay", "size"),
+    "time_this_iter_s": ("time_this_iter_s",),
+}
+
+
+def _lookup(result: dict, path: tuple):
+    value = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None  # RLlib reports nan for "not measured this iteration"
+
+
+def result_row(result: dict) -> dict:
+    row = {name: _lookup(result, path) for name, path in ROW_KEYS.items()}
+    if row["env_steps"] is None:
+        row["env_steps"] = _lookup(result, ("env_runners", "num_env_steps_sampled_lifetime"))
+    return row
+
+
+def _flat_scalars(result: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+        elif hasattr(value, "item") and getattr(value, "size", 2) == 1:
+            flat[name] = float(value.item())
+    return {k: v for k, v in flat.items() if math.isfinite(v)}
+
+
+def plot_learning_curve(rows: list[dict], path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("episode_return_mean", "training episodes"), ("eval_return_mean", "evaluation (mean action)")):
+        points = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and r.get("env_steps") is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o" if key.startswith("eval") else None, label=label)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def train(args) -> int:
+    resolved = check_train_args(args)
+    output: pathlib.Path = resolved["output"]
+    config = build_config(args, resolved)  # RLlib's own validation runs in build_algo below
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(
+        {"argv": sys.argv[1:], "preset": resolved["preset"], "guide": args.guide, "env": args.env,
+         "seed": args.seed, "env_steps": args.env_steps, **config.flat_sections(),
+         "ppo": {k: getattr(config, k) for k in ("lr", "gamma", "lambda_", "train_batch_size_per_learner",
+                                                  "minibatch_size", "num_epochs", "num_env_runners")}},
+        indent=2, default=str))
+
+    import ray
+    from tensorboardX import SummaryWriter
+
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=args.num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    rows: list[dict] = []
+    writer = SummaryWriter(str(output / "tb"))
+    start = time.perf_counter()
+    algo = config.build_algo()
+    print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']} "
+          f"preset={resolved['preset']} seed={args.seed} -> {output}", flush=True)
+    try:
+        with open(output / "metrics.jsonl", "w") as jsonl, open(output / "metrics.csv", "w", newline="") as csv_file:
+            table = csv.DictWriter(csv_file, fieldnames=list(ROW_KEYS) + ["wall_s"])
+            table.writeheader()
+            while True:
+                result = algo.train()
+                row = result_row(result)
+                row["wall_s"] = time.perf_counter() - start
+                rows.append(row)
+                table.writerow(row)
+                csv_file.flush()
+                jsonl.write(json.dumps(_flat_scalars(result)) + "\n")
+                jsonl.flush()
+                step = int(row["env_steps"] or 0)
+                for name, value in _flat_scalars(result).items():
+                    writer.add_scalar(name, value, step)
+                print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}  "
+                      f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
+                      f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  adv_gain {_fmt(row['advantage_gain'], '+.3f')}  "
+                      f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
+                if args.checkpoint_every and int(row["iteration"] or 0) % args.checkpoint_every == 0:
+                    algo.save_to_path(str((output / "checkpoint").resolve()))
+                if step >= args.env_steps:
+                    break
+        checkpoint = algo.save_to_path(str((output / "checkpoint").resolve()))
+    finally:
+        writer.close()
+        if rows:
+            plot_learning_curve(rows, output / "learning_curve.png", f"{args.env} {args.guide} seed {args.seed}")
+        algo.stop()
+        ray.shutdown()
+    print(f"done in {time.perf_counter() - start:.0f}s; checkpoint {checkpoint}; curve {output / 'learning_curve.png'}")
+    return 0
+
+
+# -- evaluate --------------------------------------------------------------------------------------------------
+MODULE_SUBDIR = pathlib.Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+def check_evaluate_args(args) -> dict:
+    checkpoint = pathlib.Path(args.checkpoint)
+    if not (checkpoint / MODULE_SUBDIR).is_dir():
+        raise UsageError(f"checkpoint={str(checkpoint)!r} is not an agd-ray checkpoint (no {MODULE_SUBDIR}); "
+                         f"give OUTPUT/checkpoint of a finished `agd-ray train`")
+    if args.episodes < 1:
+        raise UsageError(f"episodes={args.episodes!r} is not allowed; episodes must be >= 1")
+    env_id = args.env
+    if env_id is None:
+        config_file = checkpoint.parent / "config.json"
+        if not config_file.is_file():
+            raise UsageError(f"no {config_file} to read the env from; pass --env")
+        env_id = json.loads(config_file.read_text())["env"]
+    from agd_ray.envs.core import validate_env_id
+
+    try:
+        validate_env_id(env_id)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return {"checkpoint": checkpoint, "env": env_id}
+
+
+def evaluate(args) -> int:
+    """Mean action of the checkpoint's policy on fresh episodes; prints per-episode and mean returns."""
+    resolved = check_evaluate_args(args)
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    module = RLModule.from_checkpoint(str((resolved["checkpoint"] / MODULE_SUBDIR).resolve()))
+    env = gym.make(resolved["env"])
+    low, high = env.action_space.low, env.action_space.high
+    returns = []
+    for episode in range(args.episodes):
+        obs, _ = env.reset(seed=args.seed + episode)
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
+            mean = out[Columns.ACTION_DIST_INPUTS][0, : low.shape[0]].numpy()
+            # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
+            action = np.clip(low + (np.clip(mean, -1, 1) + 1.0) * 0.5 * (high - low), low, high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+        print(f"episode {episode}: return {total:.1f}", flush=True)
+    print(f"mean return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes ({resolved['env']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args)
+        return evaluate(args)
+    except UsageError as error:
+        print(f"agd-ray {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""AGDConfig: sections, validation messages, the model-free switch, dotted keys for Tune."""
+
+import math
+
+import pytest
+
+from agd_ray.algorithm import AGD
+from agd_ray.config import AGDConfig, ImaginationConfig, ReplayConfig, WorldModelTrainingConfig
+from agd_ray.envs.runner import AGDEnvRunner
+from agd_ray.world_model.config import GuideConfig, WorldModelConfig
+
+
+def test_defaults_follow_algorithm_md():
+    config = AGDConfig()
+    assert config.algo_class is AGD
+    assert config.env_runner_cls is AGDEnvRunner
+    assert config.model_based
+    assert (config.gamma, config.lambda_) == (0.99, 0.9)
+    assert config.world_model_config == WorldModelConfig()
+    assert config.guide_config == GuideConfig(kind="sag")
+    assert config.world_model_training.updates_per_env_step == 1.0
+    assert config.world_model_training.pretrain_updates == 1000
+    assert config.imagination_config.batch_size == 1024
+    assert (config.replay_config.capacity, config.replay_config.prefill_steps) == (1_000_000, 5000)
+
+
+def test_public_api_chain_from_architecture_md():
+    config = (AGDConfig()
+              .environment("HalfCheetah-v5")
+              .guidance(kind="sag", temperature=1.0)
+              .world_model(hidden_dim=1024, num_layers=6, horizon=10, diffusion_steps=128, sampling_steps=128)
+              .imagination(batch_size=1024, num_workers=1)
+              .replay(capacity=1_000_000, prefill_steps=5000))
+    assert config.world_model_config.hidden_dim == 1024
+    assert config.guide_config.temperature == 1.0
+    config.validate()
+
+
+def test_sections_are_frozen_and_replaced_not_mutated():
+    config = AGDConfig()
+    before = config.guide_config
+    config.guidance(temperature=0.5)
+    assert before.temperature == 1.0 and config.guide_config.temperature == 0.5
+    with pytest.raises(AttributeError):
+        config.replay_config.capacity = 3  # frozen dataclass
+
+
+def test_world_model_splits_model_and_training_fields():
+    config = AGDConfig().world_model(horizon=5, updates_per_env_step=0.5, pretrain_updates=10, num_gpus=0.5)
+    assert config.world_model_config.horizon == 5
+    assert config.world_model_training == WorldModelTrainingConfig(
+        updates_per_env_step=0.5, pretrain_updates=10, num_gpus=0.5)
+
+
+@pytest.mark.parametrize(
+    "call, quoted",
+    [
+        (lambda c: c.guidance(temperature=-1.0), "temperature=-1.0"),
+        (lambda c: c.guidance(temperature=0.0), "temperature=0.0"),
+        (lambda c: c.guidance(kind="swirl"), "kind='swirl'"),
+        (lambda c: c.guidance(tempreature=1.0), "tempreature"),
+        (lambda c: c.world_model(horizon=1), "horizon=1"),
+        (lambda c: c.world_model(updates_per_env_step=-1.0), "updates_per_env_step=-1.0"),
+        (lambda c: c.world_model(widht=3), "widht"),
+        (lambda c: c.imagination(batch_size=0), "batch_size=0"),
+        (lambda c: c.imagination(num_workers=2), "num_workers=2"),
+        (lambda c: c.replay(prefill_steps=-5), "prefill_steps=-5"),
+        (lambda c: c.replay(capacity=0), "capacity=0"),
+    ],
+)
+def test_bad_values_raise_value_error_quoting_them(call, quoted):
+    with pytest.raises(ValueError) as error:
+        call(AGDConfig())
+    assert quoted in str(error.value)
+
+
+def test_validate_names_unknown_env_and_allowed_ones():
+    with pytest.raises(ValueError) as error:
+        AGDConfig().environment("CartPole-v1").validate()
+    assert "CartPole-v1" in str(error.value) and "InvertedPendulum-v5" in str(error.value)
+
+
+def test_validate_minibatch_fits_the_imagined_batch():
+    config = (AGDConfig().environment("Hopper-v5").training(train_batch_size_per_learner=4000, minibatch_size=2000)
+              .imagination(batch_size=16).world_model(horizon=5))
+    with pytest.raises(ValueError, match="minibatch_size=2000"):
+        config.validate()
+    config.model_free().validate()  # the baseline's minibatches come from real data only
+
+
+def test_model_free_switch():
+    config = AGDConfig().model_free()
+    assert not config.model_based
+    assert AGDConfig().model_free().model_free(False).model_based
+
+
+def test_dotted_flat_keys_round_trip_for_tune():
+    config = AGDConfig().update_from_dict(
+        {"guidance.temperature": 2.0, "world_model.horizon": 4, "world_model.pretrain_updates": 3,
+         "imagination.batch_size": 64, "replay.prefill_steps": 100, "lr": 1e-3})
+    assert config.guide_config.temperature == 2.0
+    assert config.world_model_config.horizon == 4
+    assert config.world_model_training.pretrain_updates == 3
+    assert config.imagination_config == ImaginationConfig(batch_size=64)
+    assert config.replay_config == ReplayConfig(prefill_steps=100)
+    assert config.lr == 1e-3
+    flat = config.flat_sections()
+    assert flat["guidance.temperature"] == 2.0 and flat["world_model.horizon"] == 4
+    # to_dict (what Tune's param_space sees) rebuilds the same sections
+    rebuilt = AGDConfig().update_from_dict(config.to_dict())
+    assert rebuilt.guide_config == config.guide_config
+    assert rebuilt.world_model_config == config.world_model_config
+    assert rebuilt.world_model_training == config.world_model_training
+    assert rebuilt.replay_config == config.replay_config
+
+
+def test_infinite_temperature_is_a_disabled_guide():
+    assert not AGDConfig().guidance(temperature=math.inf).guide_config.enabled

@@ -1,0 +1,100 @@
+"""Imagined window -> RLlib episode (ALGORITHM.md section 4): lengths, the cut, and exact log-probs."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+from agd_ray.imagination import (
+    episode_cut,
+    make_critic,
+    make_policy,
+    policy_outputs,
+    windows_to_episodes,
+)
+
+OBS_DIM, ACT_DIM, H = 4, 2, 5
+OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+ACT_SPACE = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
+
+
+@pytest.fixture(scope="module")
+def module():
+    torch.manual_seed(0)
+    spec = PPOConfig().rl_module(model_config={"fcnet_hiddens": [16, 16]}).get_rl_module_spec(
+        spaces={"default_policy": (OBS_SPACE, ACT_SPACE)}, inference_only=False)
+    spec.observation_space, spec.action_space = OBS_SPACE, ACT_SPACE
+    return spec.build()
+
+
+def _windows(terminals: np.ndarray, module) -> dict:
+    rng = np.random.default_rng(0)
+    batch = terminals.shape[0]
+    windows = {
+        "observations": rng.normal(size=(batch, H, OBS_DIM)).astype(np.float32),
+        "actions": rng.normal(size=(batch, H, ACT_DIM)).astype(np.float32),
+        "rewards": rng.normal(size=(batch, H)).astype(np.float32),
+        "terminals": terminals,
+    }
+    windows.update(policy_outputs(module, windows["observations"], windows["actions"]))
+    return windows
+
+
+@pytest.mark.parametrize(
+    "terminals, steps, terminated",
+    [
+        ([0, 0, 0, 0, 0], H - 1, False),  # no termination: s[0..H-1], truncated (bootstraps from V(s[H-1]))
+        ([1, 0, 0, 0, 0], 1, True),  # terminated by the first transition
+        ([0, 0, 1, 1, 1], 3, True),  # first termination wins; padding after it is dropped
+        ([0, 0, 0, 0, 1], H, True),  # terminated at the last step: the whole window
+    ],
+)
+def test_episode_cut(terminals, steps, terminated):
+    assert episode_cut(np.array(terminals, dtype=bool)) == (steps, terminated)
+
+
+def test_windows_to_episodes_lengths_and_flags(module):
+    terminals = np.array([[0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=bool)
+    windows = _windows(terminals, module)
+    episodes = windows_to_episodes(windows, weights_seq_no=7, observation_space=OBS_SPACE, action_space=ACT_SPACE)
+    assert [len(e) for e in episodes] == [H - 1, 2, H]
+    assert [(e.is_terminated, e.is_truncated) for e in episodes] == [(False, True), (True, False), (True, False)]
+    for b, episode in enumerate(episodes):
+        steps = len(episode)
+        assert len(episode.get_observations()) == steps + 1
+        np.testing.assert_array_equal(episode.get_observations()[:min(steps + 1, H)],
+                                      windows["observations"][b, :min(steps + 1, H)])
+        np.testing.assert_array_equal(episode.get_actions(), windows["actions"][b, :steps])
+        np.testing.assert_array_equal(episode.get_rewards(), windows["rewards"][b, :steps])
+        np.testing.assert_array_equal(episode.get_extra_model_outputs(Columns.ACTION_LOGP),
+                                      windows["action_logp"][b, :steps])
+        assert episode.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS).shape == (steps, 2 * ACT_DIM)
+        assert list(episode.get_extra_model_outputs(WEIGHTS_SEQ_NO)) == [7] * steps
+    # A window terminated at its last step has no s[H]: the last state is repeated (never bootstrapped).
+    np.testing.assert_array_equal(episodes[2].get_observations()[-1], windows["observations"][2, -1])
+
+
+def test_action_logp_is_the_modules_own_log_prob(module):
+    windows = _windows(np.zeros((3, H), dtype=bool), module)
+    obs = torch.as_tensor(windows["observations"].reshape(-1, OBS_DIM))
+    actions = torch.as_tensor(windows["actions"].reshape(-1, ACT_DIM))
+    with torch.no_grad():
+        inputs = module.forward_exploration({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        expected = module.get_exploration_action_dist_cls().from_logits(inputs).logp(actions)
+        # and the Gaussian in closed form, from the policy callable the world model guides with
+        mean, std = make_policy(module)(obs)
+        closed_form = torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+    np.testing.assert_allclose(windows["action_logp"].reshape(-1), expected.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(windows["action_logp"].reshape(-1), closed_form.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_critic_callable_matches_value_head_for_any_leading_shape(module):
+    obs = torch.randn(3, H, OBS_DIM)
+    values = make_critic(module)(obs)
+    assert values.shape == (3, H)
+    with torch.no_grad():
+        flat = module.compute_values({Columns.OBS: obs.reshape(-1, OBS_DIM)})
+    torch.testing.assert_close(values.detach().reshape(-1), flat)
