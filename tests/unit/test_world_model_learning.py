@@ -6,57 +6,21 @@ import pytest
 import torch
 
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
-from agd_ray.world_model.guidance import n_step_advantage
+from agd_ray.world_model.linear_system import LinearSystem
 
-DS = DA = 2
-H = 6
-A_DYN, B_DYN, NOISE = 0.9, 0.3, 0.1  # s' = 0.9 s + 0.3 a + 0.1 eps, r = -|s|^2
-GAMMA = 0.99
-
-
-def rollout(n, rng):
-    s = np.zeros((n, H, DS))
-    a = rng.uniform(-1, 1, (n, H, DA))
-    s[:, 0] = rng.normal(0, 1.5, (n, DS))
-    for h in range(H - 1):
-        s[:, h + 1] = A_DYN * s[:, h] + B_DYN * a[:, h] + NOISE * rng.normal(size=(n, DS))
-    return {"observations": s, "actions": a, "rewards": -(s**2).sum(-1), "terminals": np.zeros((n, H))}
-
-
-def policy(s):  # the data's action distribution, roughly: mean 0, std of U[-1, 1]
-    return torch.zeros(s.shape[:-1] + (DA,)), torch.full(s.shape[:-1] + (DA,), 0.58)
-
-
-def critic(s):  # a known critic: V(s) = -5 |s|^2
-    return -5.0 * (s**2).sum(-1)
+SYSTEM = LinearSystem()
+DS, DA, H, NOISE = SYSTEM.obs_dim, SYSTEM.act_dim, SYSTEM.horizon, SYSTEM.noise
+GAMMA = SYSTEM.gamma
+rollout, policy, critic = SYSTEM.windows, SYSTEM.policy, SYSTEM.critic
+consistency, advantage = SYSTEM.consistency, SYSTEM.advantage
 
 
 @pytest.fixture(scope="module")
 def trained():
-    rng = np.random.default_rng(0)
-    data = rollout(20000, rng)
     cfg = WorldModelConfig(horizon=H, hidden_dim=128, num_layers=2, diffusion_steps=32, sampling_steps=32,
                            lr=1e-3, ema_start=10**9, return_model_hidden=64)
-    wm = WorldModel(DS, DA, cfg, seed=0)
-    wm.fit_normalizer(data)
-    losses = []
-    for _ in range(1200):
-        idx = rng.integers(0, len(data["rewards"]), 256)
-        losses.append(wm.update({k: v[idx] for k, v in data.items()})["loss"])
-    start = torch.as_tensor(rng.normal(0, 1.5, (512, DS)), dtype=torch.float32)
-    return wm, np.array(losses), start
-
-
-def consistency(out):
-    """Mean squared one-step dynamics residual and reward error of imagined windows against the true system."""
-    s, a, r = out["observations"], out["actions"], out["rewards"]
-    residual = s[:, 1:] - A_DYN * s[:, :-1] - B_DYN * a[:, :-1]
-    return (residual**2).mean().item(), ((r + (s**2).sum(-1)) ** 2).mean().item()
-
-
-def advantage(out):
-    r = out["rewards"]
-    return n_step_advantage(r, critic(out["observations"]), 1.0 - out["terminals"].float(), GAMMA).mean().item()
+    wm, losses = SYSTEM.train(cfg, updates=1200, seed=0)
+    return wm, losses, SYSTEM.start_states(512, np.random.default_rng(1))
 
 
 def imagine(wm, start, guide):
