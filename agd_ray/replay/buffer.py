@@ -272,12 +272,12 @@ class ReplayBuffer:
         horizon = int(horizon)
         valid = self._valid_cache.get(horizon)
         if valid is None:
-            n = self._size  # stored slots are 0..n-1: the ring fills from slot 0 before it wraps
-            rows = self._slots["episode_row"][:n]
-            # A terminated episode pads its windows; otherwise all H transitions must have arrived.
-            ok = (self._table["ep_status"][rows] == TERMINATED) | (
-                self._slots["step"][:n] + horizon <= self._table["ep_len"][rows]
-            )
+            n, rows = self._size, self._num_rows  # stored slots are 0..n-1: the ring fills slot 0 first
+            # Last valid start step per episode: a terminated episode pads its windows, so any stored step;
+            # otherwise all H transitions must have arrived.
+            last_start = np.where(self._table["ep_status"][:rows] == TERMINATED, np.iinfo(np.int64).max,
+                                  self._table["ep_len"][:rows] - horizon)
+            ok = self._slots["step"][:n] <= last_start[self._slots["episode_row"][:n]]
             valid = self._valid_cache[horizon] = np.flatnonzero(ok)
         return valid
 
