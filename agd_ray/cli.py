@@ -26,10 +26,10 @@ PRESETS = ("cpu", "paper")
 # 2-core laptop. `paper`: ALGORITHM.md's sizes (needs a GPU for the world model).
 PRESET_SETTINGS = {
     "cpu": {
-        "world_model": dict(horizon=10, hidden_dim=128, num_layers=2, diffusion_steps=32, sampling_steps=8,
-                            batch_size=128, ema_start=500, updates_per_env_step=0.25, pretrain_updates=500,
+        "world_model": dict(horizon=10, hidden_dim=256, num_layers=2, diffusion_steps=64, sampling_steps=16,
+                            batch_size=128, ema_start=500, updates_per_env_step=0.5, pretrain_updates=1000,
                             batches_per_call=16, num_cpus=0),
-        "imagination": dict(batch_size=256, advantage_gain_windows=32),
+        "imagination": dict(batch_size=256, advantage_gain_windows=32, policy_updates_per_iteration=2),
         "replay": dict(capacity=200_000, prefill_steps=1000),
         "training": dict(train_batch_size_per_learner=500, minibatch_size=256, num_epochs=5, lr=3e-4),
         "num_env_runners": 1,
