@@ -52,7 +52,7 @@ class WorldModelConfig(_Config):
     hidden_dim: int = 1024  # width of the residual MLP (paper: 1024)
     num_layers: int = 6  # residual blocks (paper: 6)
     diffusion_steps: int = 128  # N, steps of the forward process
-    sampling_steps: int = 128  # K <= N reverse steps (strided when K < N)
+    sampling_steps: int | None = None  # K <= N reverse steps (strided when K < N); None: K = N
     tau: float = 1.0  # exponent of the cosine schedule (reference on Hopper: 0.1)
     fourier_features: int = 16  # random Fourier features of the timestep embedding
     lr: float = 3e-4  # Adam learning rate
@@ -71,6 +71,8 @@ class WorldModelConfig(_Config):
     return_gamma: float = 0.99  # discount of the return J predicts
 
     def __post_init__(self) -> None:
+        if self.sampling_steps is None:
+            object.__setattr__(self, "sampling_steps", self.diffusion_steps)
         _check("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 2, "an integer >= 2")
         for name in ("hidden_dim", "num_layers", "diffusion_steps", "batch_size", "ema_every", "fourier_features"):
             value = getattr(self, name)

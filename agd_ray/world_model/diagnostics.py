@@ -19,8 +19,7 @@ def action_z_stats(out: dict, policy: Policy) -> dict:
 
     z = (a - mu(s)) / sigma(s) over all imagined (s, a); action_z_mean is the mean of z over everything,
     action_z_std the mean over action dims of the (unbiased) std of z per dim. Ideal: 0 and 1.
-    The same statistics as `WorldModel.adapt_policy_step` (which computes them inline; a test pins the two
-    together), without changing the model's delta.
+    `WorldModel.adapt_policy_step` adapts delta from these same statistics.
     """
     observations = torch.as_tensor(out["observations"])  # [B, H, D_s]
     actions = torch.as_tensor(out["actions"])  # [B, H, D_a]

@@ -15,6 +15,7 @@ import torch
 
 from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 from agd_ray.world_model.denoiser import ResidualMLPDenoiser, ReturnModel
+from agd_ray.world_model.diagnostics import action_z_stats
 from agd_ray.world_model.guidance import Critic, Policy, build_guide
 from agd_ray.world_model.normalizer import FIELDS, NormalizerSnapshot
 from agd_ray.world_model.sampler import SamplerSettings, inpaint_start, q_sample, sample_windows
@@ -261,11 +262,9 @@ class WorldModel:
     def adapt_policy_step(self, out: dict, policy: Policy) -> dict:
         """Adaptive delta (ALGORITHM.md 3.2): z = (a - mu)/sigma on the imagined pairs,
         log delta += delta_lr * (mean_dims std(z) - 1). Returns the z statistics and the new delta."""
-        mean, std = policy(out["observations"])
-        z = (out["actions"] - mean) / std  # [B, H, D_a]
-        z_std = z.reshape(-1, self.act_dim).std(dim=0).mean().item()
-        self.log_delta += self.config.delta_lr * (z_std - 1.0)
-        return {"action_z_mean": z.mean().item(), "action_z_std": z_std, "delta": self.delta}
+        stats = action_z_stats(out, policy)
+        self.log_delta += self.config.delta_lr * (stats["action_z_std"] - 1.0)
+        return {**stats, "delta": self.delta}
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:

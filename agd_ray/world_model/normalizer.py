@@ -37,6 +37,15 @@ class NormalizerSnapshot:
     mean: dict[str, np.ndarray] = field(repr=False)
     std: dict[str, np.ndarray] = field(repr=False)
     count: int = 0
+    # (field, device, dtype) -> (mean, std) tensors: converted once, so the sampler's loop copies nothing.
+    _tensor_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:  # pickled (e.g. by Ray) without device tensors
+        return {k: v for k, v in self.__dict__.items() if k != "_tensor_cache"}
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in {**state, "_tensor_cache": {}}.items():
+            object.__setattr__(self, key, value)
 
     @staticmethod
     def identity(obs_dim: int, act_dim: int) -> "NormalizerSnapshot":
@@ -74,8 +83,11 @@ class NormalizerSnapshot:
         import torch  # local: numpy users of this module do not need torch
 
         if isinstance(values, torch.Tensor):
-            as_t = lambda v: torch.as_tensor(v, dtype=values.dtype, device=values.device)  # noqa: E731
-            return as_t(mean), as_t(std)
+            cache_key = (key, values.device, values.dtype)
+            if cache_key not in self._tensor_cache:
+                as_t = lambda v: torch.as_tensor(v, dtype=values.dtype, device=values.device)  # noqa: E731
+                self._tensor_cache[cache_key] = (as_t(mean), as_t(std))
+            return self._tensor_cache[cache_key]
         return mean, std
 
     def to_dict(self) -> dict:

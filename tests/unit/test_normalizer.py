@@ -79,3 +79,25 @@ def test_world_model_snapshot_versions_and_the_batch_they_normalise():
     np.testing.assert_allclose(first.mean["observations"], batch["observations"].reshape(-1, 4).mean(0))
     with pytest.raises(ValueError, match="do not match"):
         wm.set_normalizer(NormalizerSnapshot.identity(5, 2))
+
+
+def test_tensor_statistics_are_converted_once_and_not_pickled():
+    import pickle
+
+    snap = NormalizerSnapshot.from_batch(_transitions(20, 0), version=1)
+    x = torch.zeros(3, 4)
+    first = snap._stats_like("observations", x)
+    assert snap._stats_like("observations", x + 1)[0] is first[0]  # cached: no new tensor (no copy) per call
+    back = pickle.loads(pickle.dumps(snap))
+    assert back._tensor_cache == {} and back.version == 1
+    torch.testing.assert_close(back.normalize("observations", x), snap.normalize("observations", x))
+
+
+def test_imagination_reuses_the_converted_statistics():
+    wm = WorldModel(4, 2, WorldModelConfig(horizon=3, hidden_dim=32, num_layers=1, diffusion_steps=6))
+    policy = lambda s: (torch.zeros(s.shape[:-1] + (2,)), torch.ones(s.shape[:-1] + (2,)))  # noqa: E731
+    wm.imagine(torch.zeros(5, 4), policy=policy)
+    cached = dict(wm.normalizer._tensor_cache)
+    wm.imagine(torch.zeros(5, 4), policy=policy)
+    assert wm.normalizer._tensor_cache.keys() == cached.keys()
+    assert all(wm.normalizer._tensor_cache[k][0] is cached[k][0] for k in cached)
