@@ -26,13 +26,15 @@ Critic = Callable[[torch.Tensor], torch.Tensor]  # obs [..., D_s] -> value [...]
 def policy_score_step(actions, mean, std, delta: float, clamp_sigmas: float, take_step: bool = True):
     """PolyGRAD's action update (ALGORITHM.md 3.2), in unnormalised action space.
 
-    Clamp a to mu +- k sigma, then a <- a + delta * grad_a log N(a; mu, sigma) = a - delta (a - mu) / sigma^2.
-    actions, mean, std: [B, H, D_a].
+    Clamp a to mu +- k sigma, then a <- a + delta * grad_a log N(a; mu, sigma) = a - delta (a - mu) / sigma^2,
+    with the step factor delta / sigma^2 capped at 1 (ours): a gradient step on this quadratic longer than
+    1 / curvature overshoots the mean, and past 2 it diverges, which a near-deterministic policy (small sigma)
+    and a grown delta otherwise reach. actions, mean, std: [B, H, D_a].
     """
     actions = torch.clamp(actions, mean - clamp_sigmas * std, mean + clamp_sigmas * std)
     if not take_step:
         return actions
-    return actions - delta * (actions - mean) / std**2
+    return actions - torch.clamp(delta / std**2, max=1.0) * (actions - mean)
 
 
 def td1_advantage(rewards, values, continues, gamma: float):

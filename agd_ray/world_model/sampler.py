@@ -110,4 +110,10 @@ def sample_windows(
         x = mu + step.var**0.5 * noise_x if steps_left > 0 else mu
         x = inpaint_start(x, start_obs)
         a = a_next
-    return x, a
+    # The returned states differ from the last step's predicted ones (state-change clip, guidance), so clamp
+    # the returned actions to mu +- k sigma of the policy at the states actually returned (ours): every
+    # imagined pair is then within k sigma of the policy, as the PPO ratio and the adaptive delta assume.
+    mean, std = policy(normalizer.unnormalize("observations", x[..., :obs_dim]))
+    actions = policy_score_step(normalizer.unnormalize("actions", a), mean, std, delta,
+                                settings.action_clamp_sigmas, take_step=False)
+    return x, normalizer.normalize("actions", actions)

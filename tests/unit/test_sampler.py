@@ -160,3 +160,26 @@ def test_bad_imagine_input(model):
 def test_numpy_start_states_are_accepted(model):
     out = model.imagine(_start().numpy(), policy=policy, critic=critic, generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(out["observations"][:, 0].numpy(), _start().numpy())
+
+
+@pytest.mark.parametrize("delta", [1e-4, 0.5, 1e3])
+def test_imagined_actions_stay_within_k_sigma_of_the_policy_at_the_returned_states(model, delta):
+    """A near-deterministic policy and any delta: every returned pair is within 3 sigma (no divergence)."""
+    sharp = lambda s: (torch.tanh(s[..., :DA]), torch.full(s.shape[:-1] + (DA,), 0.01))  # noqa: E731
+    wm = WorldModel(DS, DA, model.config, seed=0)
+    wm.load_state_dict(model.state_dict() | {"log_delta": math.log(delta)})
+    out = wm.imagine(_start(), policy=sharp, critic=critic, guide=GuideConfig(kind="eag", temperature=0.3),
+                     generator=torch.Generator().manual_seed(0))
+    mean, std = sharp(out["observations"])
+    z = (out["actions"] - mean) / std
+    assert torch.isfinite(z).all() and z.abs().max() <= 3.0 + 1e-3
+
+
+def test_policy_step_never_overshoots_the_mean():
+    from agd_ray.world_model.guidance import policy_score_step
+
+    a = torch.tensor([[[0.3]]])
+    mean, std = torch.zeros_like(a), torch.full_like(a, 0.1)
+    # delta / sigma^2 = 100: an uncapped step would land at 0.3 - 100 * 0.3; capped, it lands on the mean.
+    assert policy_score_step(a, mean, std, 1.0, 3.0).item() == 0.0
+    torch.testing.assert_close(policy_score_step(a, mean, std, 0.005, 3.0), a - 0.5 * a)
