@@ -252,7 +252,7 @@ class AGD(PPO):
         if self.config.model_based:
             import torch
 
-            state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=False)
+            state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
             ray.get(self._world_model.set_state.remote(state))
             ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
             self._counters["replay_connections"] += 1

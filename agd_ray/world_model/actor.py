@@ -63,20 +63,6 @@ def _start_observations(start_states) -> np.ndarray:
     return np.asarray(start_states, dtype=np.float32)
 
 
-def n_step_advantage(windows: dict, critic, gamma: float) -> torch.Tensor:
-    """sum_{h<H-1} gamma^h r[h] + gamma^(H-1) V(s[H-1]) - V(s[0]) per window (ALGORITHM.md 3, "What a guide
-    must achieve"): [B]. A window ends at its first termination (no reward or bootstrap after it)."""
-    rewards = windows["rewards"].float()  # [B, H]
-    terminals = windows["terminals"].bool()  # [B, H]
-    horizon = rewards.shape[1]
-    alive = torch.cumprod(torch.cat([torch.ones_like(rewards[:, :1]), (~terminals[:, :-1]).float()], 1), 1)  # [B, H]
-    discounts = gamma ** torch.arange(horizon, dtype=rewards.dtype)  # [H]
-    returns = (alive[:, :-1] * discounts[:-1] * rewards[:, :-1]).sum(1)
-    last_alive = alive[:, -1] * (~terminals[:, -2]).float() if horizon > 1 else alive[:, -1]
-    bootstrap = gamma ** (horizon - 1) * last_alive * critic(windows["observations"][:, -1])
-    return returns + bootstrap - critic(windows["observations"][:, 0])
-
-
 class WorldModelWorker:
     """Trains a `WorldModel` at the rate the driver asks for and imagines guided windows for PPO.
 
@@ -175,17 +161,11 @@ class WorldModelWorker:
     def _advantage_gain(self, start_obs: np.ndarray, seed: int) -> float:
         """Mean n-step advantage of guided minus unguided windows from the same start states and noise."""
         from agd_ray.imagination import make_critic, make_policy
-        from agd_ray.world_model import GuideConfig
+        from agd_ray.world_model.diagnostics import advantage_gain
 
-        policy, critic = make_policy(self.module), make_critic(self.module)
-        unguided = self.model.imagine(start_obs, policy=policy, critic=critic, guide=GuideConfig(kind="none"),
-                                      generator=torch.Generator().manual_seed(seed))
-        guided_again = self.model.imagine(start_obs, policy=policy, critic=critic, guide=self.guide,
-                                          generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            gain = (n_step_advantage(guided_again, critic, self.guide.gamma)
-                    - n_step_advantage(unguided, critic, self.guide.gamma))
-        return float(gain.mean())
+        result = advantage_gain(self.model, start_obs, policy=make_policy(self.module),
+                                critic=make_critic(self.module), guide=self.guide, seed=seed, gamma=self.guide.gamma)
+        return result["guidance/advantage_gain"]
 
     # -- state -----------------------------------------------------------------------------------------------
     def get_state(self) -> dict:
