@@ -228,6 +228,11 @@ def _lookup(result: dict, path: tuple):
 
 def result_row(result: dict) -> dict:
     row = {name: _lookup(result, path) for name, path in ROW_KEYS.items()}
+    # RLlib carries the last evaluation forward in every result: keep it only where it was measured.
+    interval = _lookup(result, ("config", "evaluation_interval"))
+    iteration = _lookup(result, ("training_iteration",))
+    if not interval or iteration is None or iteration % interval:
+        row["eval_return_mean"] = None
     if row["env_steps"] is None:
         row["env_steps"] = _lookup(result, ("env_runners", "num_env_steps_sampled_lifetime"))
     return row

@@ -1,0 +1,26 @@
+"""Metric rows of `agd-ray train`: an evaluation return appears only on iterations that evaluated."""
+
+import pytest
+
+from agd_ray.cli import result_row
+
+
+def _result(iteration, interval=5, eval_return=34.7):
+    return {
+        "training_iteration": iteration,
+        "config": {"evaluation_interval": interval},
+        "evaluation": {"env_runners": {"episode_return_mean": eval_return}},
+        "env_runners": {"episode_return_mean": 29.6, "num_env_steps_sampled_lifetime": 500 * iteration},
+    }
+
+
+@pytest.mark.parametrize("iteration,expected", [(5, 34.7), (6, None), (9, None), (10, 34.7)])
+def test_evaluation_return_only_where_measured(iteration, expected):
+    row = result_row(_result(iteration))
+    assert row["eval_return_mean"] == expected
+    assert row["episode_return_mean"] == 29.6 and row["env_steps"] == 500 * iteration
+
+
+def test_no_evaluation_interval_means_no_evaluation_column():
+    assert result_row(_result(5, interval=0))["eval_return_mean"] is None
+    assert result_row({"training_iteration": 1})["eval_return_mean"] is None
