@@ -435,6 +435,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
     storage_path, summary_root = _storage(output)
     experiment = f"{storage_path.rstrip('/')}/{spec.name}"
     param_space = spec.param_space()  # builds and checks before Ray starts
+    if resume and not tune.Tuner.can_restore(experiment):
+        raise ValueError(f"--resume: nothing to resume at {experiment!r}; run the sweep without --resume first")
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
@@ -443,8 +445,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
     trainable = _trainable()
     if resume:
-        if not tune.Tuner.can_restore(experiment):
-            raise ValueError(f"--resume: nothing to resume at {experiment!r}; run the sweep without --resume first")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
     else:
         request = trial_resources(param_space_example(spec))
