@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to run (>= 1)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset")
     evaluate.add_argument("--env", default=None, help="environment (default: the one in the checkpoint's config)")
+
+    bench = commands.add_parser("bench", help="run a benchmark from the source checkout's bench/ folder",
+                                description="Runs bench/NAME.py with the remaining arguments (see its --help). "
+                                            "Benchmarks print a table and write JSON under bench/out/.")
+    bench.add_argument("name", help="imagination, guidance, throughput, ... (a file bench/NAME.py)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
 
@@ -394,13 +400,31 @@ def evaluate(args) -> int:
     return 0
 
 
+def bench(args) -> int:
+    """Run bench/NAME.py of the source checkout (benchmarks are not part of the installed package)."""
+    import runpy
+
+    folder = pathlib.Path(__file__).resolve().parent.parent / "bench"
+    available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")) if folder.is_dir() else []
+    if args.name not in available:
+        where = f"choose one of {', '.join(available)}" if available else f"no bench/ folder at {folder}"
+        raise UsageError(f"benchmark {args.name!r} not found; {where}")
+    sys.argv = [str(folder / f"{args.name}.py"), *args.bench_args]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    return 0
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
+    if getattr(args, "address", None) is None:
+        # The embedded local Ray serves this process only; a cluster (--address) keeps Ray's token auth.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "bench":
+            return bench(args)
         return evaluate(args)
     except UsageError as error:
         print(f"agd-ray {args.command}: error: {error}", file=sys.stderr)

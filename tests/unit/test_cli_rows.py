@@ -24,3 +24,11 @@ def test_evaluation_return_only_where_measured(iteration, expected):
 def test_no_evaluation_interval_means_no_evaluation_column():
     assert result_row(_result(5, interval=0))["eval_return_mean"] is None
     assert result_row({"training_iteration": 1})["eval_return_mean"] is None
+
+
+def test_unknown_benchmark_is_one_line_naming_it_and_the_choices(capsys):
+    from agd_ray.cli import main
+
+    assert main(["bench", "no-such-bench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'no-such-bench' not found" in err and "imagination" in err and "\n" not in err
