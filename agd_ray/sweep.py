@@ -73,6 +73,7 @@ CROSS_FIELD_KEYS = {"world_model.sampling_steps", "world_model.diffusion_steps"}
 MODEL_FREE = "model_free"  # method key: plain PPO on real data (AGDConfig.model_free())
 EVAL_RETURN = ("evaluation", "env_runners", "episode_return_mean")
 TRAIN_RETURN = ("env_runners", "episode_return_mean")
+SUMMARY_FILES = ("summary.csv", "summary.md", "return_vs_temperature.png")
 SUMMARY_COLUMNS = ("trial", "method", "guide", "temperature", "seed", "final_eval_return", "best_eval_return",
                    "final_train_return", "env_steps", "iterations", "wall_s", "status")
 
@@ -428,7 +429,8 @@ def _storage(output) -> tuple[str, pathlib.Path]:
 def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweeps", resume: bool = False,
               num_cpus: int | None = None, verbose: int = 1) -> list[dict]:
     """Run (or with `resume`, continue) the sweep with Ray Tune; returns the summary rows (also written as
-    summary.csv, summary.md and return_vs_temperature.png in OUTPUT/NAME, or ./runs/sweeps/NAME for a URI)."""
+    summary.csv, summary.md and return_vs_temperature.png in OUTPUT/NAME; for a URI output, in
+    ./runs/sweeps/NAME and copied to OUTPUT/NAME)."""
     import ray
     from ray import tune
 
@@ -466,12 +468,23 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
             ),
         )
     results = tuner.fit()
-    rows = summary_rows(results)
+    rows = summary_rows(results, spec)
     directory = summary_root / spec.name
     write_summary(rows, directory, title=f"{spec.name}: {spec.env}, {spec.env_steps} env steps")
     print(format_markdown(rows), flush=True)
-    print(f"summary: {directory / 'summary.csv'}, {directory / 'summary.md'}, "
-          f"{directory / 'return_vs_temperature.png'}", flush=True)
+    where = [str(directory)]
+    if "://" in storage_path:  # also beside Tune's experiment, where every node (and you) can read it
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(experiment)
+        filesystem.create_dir(path, recursive=True)
+        for name in SUMMARY_FILES:
+            pyarrow.fs.copy_files(str((directory / name).resolve()), f"{experiment}/{name}")
+        where.append(experiment)
+    print(f"summary ({', '.join(SUMMARY_FILES)}) in {' and '.join(where)}", flush=True)
+    if any(row["status"] != "done" for row in rows):
+        print(f"not every trial finished: `agd-ray sweep {spec.path or spec.name} --resume` (same --output) "
+              f"continues them", flush=True)
     return rows
 
 
@@ -488,8 +501,9 @@ def _nested(result: dict, path: tuple):
     return _lookup(result, path)
 
 
-def summary_rows(results) -> list[dict]:
-    """One row per trial of a Tune ResultGrid: final and best evaluation return, env steps, wall time."""
+def summary_rows(results, spec: SweepSpec | None = None) -> list[dict]:
+    """One row per trial of a Tune ResultGrid: final and best evaluation return, env steps, wall time; status
+    done (reached the sweep's stop), error, or unfinished (interrupted: `--resume` continues it)."""
     from agd_ray.cli import result_row
 
     rows = []
@@ -504,6 +518,10 @@ def summary_rows(results) -> list[dict]:
         model_based = config.get("model_based", True)
         guide = config.get("guide_config") or {}  # RLlib reports AGDConfig.to_dict(): sections as dicts
         row = result_row(last) if last else {}
+        env_steps = int(row["env_steps"]) if row.get("env_steps") is not None else None
+        iterations = last.get("training_iteration")
+        finished = spec is None or (env_steps or 0) >= spec.env_steps or (
+            spec.max_iterations is not None and (iterations or 0) >= spec.max_iterations)
         rows.append({
             "trial": last.get("trial_id") or pathlib.Path(str(result.path)).name,
             "method": config.get("sweep_method"),
@@ -513,10 +531,10 @@ def summary_rows(results) -> list[dict]:
             "final_eval_return": evals[-1] if evals else None,
             "best_eval_return": max(evals) if evals else None,
             "final_train_return": _nested(last, TRAIN_RETURN),
-            "env_steps": int(row["env_steps"]) if row.get("env_steps") is not None else None,
-            "iterations": last.get("training_iteration"),
+            "env_steps": env_steps,
+            "iterations": iterations,
             "wall_s": round(float(last["time_total_s"]), 1) if "time_total_s" in last else None,
-            "status": "error" if result.error else "done",
+            "status": "error" if result.error else "done" if finished and last else "unfinished",
         })
     rows.sort(key=lambda r: (str(r["method"]), str(r["guide"]), r["temperature"] or 0, r["seed"] or 0))
     return rows
