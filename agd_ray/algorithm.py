@@ -7,13 +7,25 @@ One iteration (`training_step`) is ALGORITHM.md section 5, phase by phase, each 
 3. guided imagination from replay start states, with the newest policy and critic;
 4. PPO update on the imagined episodes; new weights to the env runners (policy) and to the world model
    (policy and critic, one ObjectRef per version).
+
+The phases overlap (section 5's actor-learner pipelining) while the ratios stay exact:
+- the batch a PPO update uses is requested right after the previous update's weights went out, so it is
+  imagined (on the world-model actor, or on the imagination workers) while the env runners sample the next
+  iteration's real steps; its `weights_seq_no` is the version the update starts from, so PPO's ratio is exact;
+- the world-model training call is in flight while the driver runs the PPO update; the driver waits for it
+  only at the end of the iteration, so the update count is `updates_per_env_step` x env steps every iteration.
+The price is one iteration of world-model staleness: a batch is imagined by the model trained up to the
+previous iteration's real steps. The first iteration (and the first after a restore, which re-imagines
+instead of storing the pending batch) imagines after training, as the unpipelined loop does.
 `AGDConfig().model_free()` runs PPO's own `training_step` on real data in the same harness.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+import time
 
 import numpy as np
 import ray
@@ -39,6 +51,8 @@ from agd_ray.config import AGDConfig
 from agd_ray.envs.core import make_env, register_recording_env
 
 _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the loop's counters
+# Driver time blocked on actors, per iteration (result keys agd/wait_s/<name>): the bench's transfer share.
+_WAITS = ("imagination", "world_model", "weights", "replay")
 
 
 class AGD(PPO):
@@ -56,11 +70,15 @@ class AGD(PPO):
         super().setup(config)
         self._counters = {"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
                           "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0}
-        self._replay = self._world_model = None
+        self._replay = self._world_model = self._imagination = None
+        self._pending_imagination = None  # ObjectRefs of the batch imagined with the current weights
+        self._module_state = None  # (weights_seq_no, [ObjectRef]) of the learner's full module state
+        self._phase_s = {}  # driver seconds per phase this iteration
+        self._wait_s = dict.fromkeys(_WAITS, 0.0)
         if not self.config.model_based:
             return
         from agd_ray.replay.actor import ReplayActor
-        from agd_ray.world_model.actor import WorldModelActor
+        from agd_ray.world_model.actor import ImaginationActor, ImaginationPool, WorldModelActor
 
         self._observation_space, self._action_space = self.env_runner_group.get_spaces()[INPUT_ENV_SINGLE_SPACES]
         obs_dim = int(np.prod(self._observation_space.shape))
@@ -74,7 +92,7 @@ class AGD(PPO):
             capacity=self.config.replay_config.capacity, seed=seed,
         )
         training = self.config.world_model_training
-        self._world_model = WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus).remote(
+        model = dict(
             obs_dim=obs_dim,
             act_dim=act_dim,
             world_model_config=self.config.world_model_config,
@@ -84,12 +102,20 @@ class AGD(PPO):
                         DEFAULT_MODULE_ID: (self._observation_space, self._action_space)},
                 inference_only=False,
             ),
-            replay=self._replay,
-            batches_per_call=training.batches_per_call,
             seed=seed,
-            device="cuda" if training.num_gpus > 0 else "cpu",
             torch_threads=training.torch_threads,
         )
+        self._world_model = WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus).remote(
+            replay=self._replay, batches_per_call=training.batches_per_call,
+            device="cuda" if training.num_gpus > 0 else "cpu", **model)
+        imagination = self.config.imagination_config
+        workers = []
+        if imagination.num_workers > 1:
+            resources = imagination.worker_resources(training)
+            workers = [ImaginationActor.options(**resources).remote(
+                device="cuda" if resources["num_gpus"] > 0 else "cpu", **model)
+                for _ in range(imagination.num_workers)]
+        self._imagination = ImaginationPool(self._world_model, workers, unit_size=imagination.unit_size)
         self._connect_env_runners()
         self._push_weights_to_world_model()
 
@@ -103,6 +129,22 @@ class AGD(PPO):
             local_env_runner=True,
         )
 
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        """Time a phase: RLlib's smoothed timer `timers/<name>` and this iteration's sum `agd/phase_s/<name>`."""
+        started = time.perf_counter()
+        with self.metrics.log_time((TIMERS, name)):
+            yield
+        self._phase_s[name] = self._phase_s.get(name, 0.0) + time.perf_counter() - started
+
+    def _wait(self, name: str, refs):
+        """`ray.get(refs)`, with the driver's blocked time counted under `agd/wait_s/<name>`."""
+        started = time.perf_counter()
+        try:
+            return ray.get(refs)
+        finally:
+            self._wait_s[name] += time.perf_counter() - started
+
     # ---------------------------------------------------------------------------------------------------
     @override(PPO)
     def training_step(self) -> None:
@@ -111,17 +153,20 @@ class AGD(PPO):
             self._counters["env_steps"] = int(
                 self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
             return
-        self._sample_real()
-        self._train_world_model()
+        self._phase_s, self._wait_s = {}, dict.fromkeys(_WAITS, 0.0)
+        self._sample_real()  # the batch requested at the end of the last iteration is imagined meanwhile
+        training = self._start_world_model_training()  # in flight through the PPO updates
         for _ in range(self.config.imagination_config.policy_updates_per_iteration):
-            episodes = self._imagine()
+            episodes = self._collect_imagination()
             self._update_policy(episodes)
             self._sync_weights()
+            self._request_imagination()  # the next update's batch, with the weights it will start from
+        self._finish_world_model_training(training)
         self._log_counters()
 
     def _sample_real(self) -> None:
         """Phase 1: real env steps; uniformly random ones until `prefill_steps` are in replay."""
-        with self.metrics.log_time((TIMERS, "agd_sample_real")):
+        with self._phase("agd_sample_real"):
             prefill = self.config.replay_config.prefill_steps
             random_actions = self._counters["env_steps"] < prefill
             num_steps = self.config.total_train_batch_size
@@ -138,34 +183,62 @@ class AGD(PPO):
             self.metrics.aggregate(results, key=ENV_RUNNER_RESULTS)
             self._counters["env_steps"] += sum(int(r.get(NUM_ENV_STEPS_SAMPLED, 0)) for r in results)
 
-    def _train_world_model(self) -> None:
-        """Phase 2: bring the world model to `updates_per_env_step` x env steps (>= `pretrain_updates`)."""
-        with self.metrics.log_time((TIMERS, "agd_world_model_train")):
+    def _start_world_model_training(self):
+        """Phase 2 (start): ask for the updates that bring the world model to `updates_per_env_step` x env
+        steps (>= `pretrain_updates`); returns the pending result for `_finish_world_model_training`."""
+        with self._phase("agd_world_model_train"):
             training = self.config.world_model_training
             target = max(int(training.updates_per_env_step * self._counters["env_steps"]),
                          training.pretrain_updates)
             due = target - self._counters["world_model_updates"]
-            result = ray.get(self._world_model.train.remote(num_updates=due))
+            pending = self._world_model.train.remote(num_updates=due)
+            if due > 0:
+                self._imagination.model_changed()  # imagination workers get the new EMA weights next request
+            return pending, due
+
+    def _finish_world_model_training(self, training) -> None:
+        """Phase 2 (end): wait for the training call; the update count is exact from here on."""
+        pending, due = training
+        with self._phase("agd_world_model_wait"):
+            result = self._wait("world_model", pending)
             self._counters["world_model_updates"] = int(result["num_updates"])
             if due > 0:
                 self.metrics.log_value(("world_model", "loss"), result["loss"], window=1)
                 self.metrics.log_value(("world_model", "replay_wait_s"), result["replay_wait_s"], window=1)
+                self.metrics.log_value(("world_model", "train_s"), result["train_s"], window=1)
 
-    def _imagine(self) -> list:
-        """Phase 3: guided windows from replay start states -> SingleAgentEpisodes."""
-        from agd_ray.imagination import windows_to_episodes
+    def _request_imagination(self) -> None:
+        """Phase 3 (start): imagine the next PPO update's batch from replay start states with the current
+        weights (the trainer or the imagination workers run it; the driver does not wait)."""
+        imagination = self.config.imagination_config
+        seed = int(self.config.seed or 0) * 1_000_003 + self._counters["policy_updates"]
+        start_observations = self._replay.sample_start_states.remote(batch_size=imagination.batch_size, seed=seed)
+        self._pending_imagination = self._imagination.request(
+            start_observations=start_observations, batch_size=imagination.batch_size, seed=seed,
+            module_state=self._module_state, advantage_gain_windows=imagination.advantage_gain_windows)
 
-        with self.metrics.log_time((TIMERS, "agd_imagine")):
-            imagination = self.config.imagination_config
-            seed = int(self.config.seed or 0) * 1_000_003 + self._counters["policy_updates"]
-            out = ray.get(self._world_model.imagine.remote(
-                batch_size=imagination.batch_size, seed=seed,
-                advantage_gain_windows=imagination.advantage_gain_windows))
+    def _collect_imagination(self) -> list:
+        """Phase 3: the pending guided windows (imagined now if none is pending: first iteration, or after a
+        restore) -> SingleAgentEpisodes; the adaptive-delta step on the merged batch goes to the trainer."""
+        from agd_ray.imagination import action_z_std, windows_to_episodes
+        from agd_ray.world_model.actor import ImaginationPool
+
+        with self._phase("agd_imagine"):
+            prefetched = self._pending_imagination is not None
+            if not prefetched:
+                self._request_imagination()
+            refs, self._pending_imagination = self._pending_imagination, None
+            out = ImaginationPool.merge(self._wait("imagination", refs))
+            if out["weights_seq_no"] != self._module_state[0]:  # PPO's ratio needs the version it starts from
+                raise RuntimeError(f"imagined with weights_seq_no={out['weights_seq_no']}, but the learner is at "
+                                   f"{self._module_state[0]}")
             windows = out["windows"]
             finite = np.ones(len(windows["observations"]), dtype=bool)
             for value in windows.values():
                 finite &= np.isfinite(np.asarray(value, dtype=np.float64)).reshape(len(finite), -1).all(axis=1)
             windows = {k: np.asarray(v)[finite] for k, v in windows.items()}
+            z_std = action_z_std(windows["actions"], windows["action_dist_inputs"])
+            self._imagination.set_log_delta(self._world_model.adapt_delta.remote(action_z_std=z_std))
             self.metrics.log_value(("imagination", "num_nonfinite_windows"), int((~finite).sum()), window=1)
             episodes = windows_to_episodes(windows, weights_seq_no=out["weights_seq_no"],
                                            observation_space=self._observation_space,
@@ -176,17 +249,20 @@ class AGD(PPO):
             self._counters["imagined_episodes"] += len(episodes)
             self.metrics.log_value(("imagination", "num_transitions"), num_transitions, window=1)
             self.metrics.log_value(("imagination", "transitions_per_s"), metrics["transitions_per_s"], window=1)
-            self.metrics.log_value(("imagination", "action_z_std"), metrics["action_z_std"], window=1)
+            self.metrics.log_value(("imagination", "action_z_std"), z_std, window=1)
             self.metrics.log_value(("imagination", "delta"), metrics["delta"], window=1)
             self.metrics.log_value(("imagination", "weights_seq_no"), out["weights_seq_no"], window=1)
-            self.metrics.log_value(("imagination", "mean_episode_len"), num_transitions / len(episodes), window=1)
+            self.metrics.log_value(("imagination", "prefetched"), int(prefetched), window=1)
+            self.metrics.log_value(("imagination", "num_shards"), metrics["num_shards"], window=1)
+            self.metrics.log_value(("imagination", "mean_episode_len"),
+                                   num_transitions / max(len(episodes), 1), window=1)
             if "advantage_gain" in metrics:
                 self.metrics.log_value(("guidance", "advantage_gain"), metrics["advantage_gain"], window=1)
         return episodes
 
     def _update_policy(self, episodes: list) -> None:
         """Phase 4a: PPO on the imagined episodes through RLlib's LearnerGroup."""
-        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+        with self._phase(LEARNER_UPDATE_TIMER):
             learner_results = self.learner_group.update(
                 episodes=episodes,
                 timesteps={
@@ -203,27 +279,35 @@ class AGD(PPO):
 
     def _sync_weights(self) -> None:
         """Phase 4b: policy to the env runners, policy and critic to the world model."""
-        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+        with self._phase(SYNCH_WORKER_WEIGHTS_TIMER):
+            started = time.perf_counter()
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
             self._push_weights_to_world_model()
+            self._wait_s["weights"] += time.perf_counter() - started
 
     def _push_weights_to_world_model(self) -> None:
-        """Full module state (policy and critic) to the world model: one `ray.put` per weights version."""
+        """Full module state (policy and critic): one `ray.put` per weights version, shared by the trainer
+        and the imagination workers (the call is queued on the trainer; the driver does not wait)."""
         state = self.learner_group.get_state(
             components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}")[COMPONENT_LEARNER]
-        module_state = state[COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
         seq_no = int(state.get(WEIGHTS_SEQ_NO, 0))
-        ray.get(self._world_model.set_module_state.remote(ray.put(module_state), seq_no))
-        self._world_model_seq_no = seq_no
+        ref = ray.put(state[COMPONENT_RL_MODULE][DEFAULT_MODULE_ID])
+        self._module_state = (seq_no, [ref])
+        if not self._imagination.workers:  # the trainer imagines: it needs the policy and critic
+            self._world_model.set_module_state.remote(ref, seq_no)
 
     def _log_counters(self) -> None:
         self.metrics.log_value(("world_model", "num_updates"), self._counters["world_model_updates"], window=1)
-        self.metrics.log_value(("world_model", "weights_seq_no"), self._world_model_seq_no, window=1)
+        self.metrics.log_value(("world_model", "weights_seq_no"), self._module_state[0], window=1)
         self.metrics.log_value(("imagination", "num_transitions_lifetime"),
                                self._counters["imagined_transitions"], window=1)
         self.metrics.log_value(("agd", "env_steps_lifetime"), self._counters["env_steps"], window=1)
         self.metrics.log_value(("agd", "policy_updates"), self._counters["policy_updates"], window=1)
-        self.metrics.log_value(("replay", "size"), int(ray.get(self._replay.size.remote())), window=1)
+        self.metrics.log_value(("replay", "size"), int(self._wait("replay", self._replay.size.remote())), window=1)
+        for name, seconds in self._phase_s.items():
+            self.metrics.log_value(("agd", "phase_s", name), seconds, window=1)
+        for name, seconds in self._wait_s.items():
+            self.metrics.log_value(("agd", "wait_s", name), seconds, window=1)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     @override(PPO)
@@ -255,13 +339,18 @@ class AGD(PPO):
             state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
             ray.get(self._world_model.set_state.remote(state))
             ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
+            # The batch pending at save time is not stored: the restored state (same weights, world model,
+            # delta and counters, so the same seed) imagines it again in the next iteration.
+            self._pending_imagination = None
+            self._imagination.reset()
             self._counters["replay_connections"] += 1
             self._connect_env_runners()
             self._push_weights_to_world_model()
 
     @override(PPO)
     def cleanup(self) -> None:
-        for actor in (self._world_model, self._replay):
+        workers = self._imagination.workers if self._imagination is not None else []
+        for actor in (self._world_model, self._replay, *workers):
             if actor is not None:
                 ray.kill(actor)
         super().cleanup()

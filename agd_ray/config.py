@@ -47,13 +47,20 @@ class ImaginationConfig:
     """Guided imagination feeding PPO (ALGORITHM.md section 5, steps 3-4)."""
 
     batch_size: int = 1024  # imagined windows per PPO update (reference: 1024)
-    num_workers: int = 1  # imagination workers (one world-model actor each); only 1 is implemented
+    num_workers: int = 1  # imagination workers; 1: the world-model trainer imagines; K > 1: K actors of their own
+    unit_size: int = 0  # windows per generator (seeded from (seed, first window)); 0: batch_size / num_workers
+    num_gpus_per_worker: float | None = None  # GPUs per imagination worker (K > 1); None: world_model.num_gpus / K
+    num_cpus_per_worker: float | None = None  # CPUs per imagination worker (K > 1); None: world_model.num_cpus
     policy_updates_per_iteration: int = 1  # imagine + PPO-update rounds per training iteration
     advantage_gain_windows: int = 64  # windows of the unguided twin batch for guidance/advantage_gain (0: off)
 
     def __post_init__(self) -> None:
         _check("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
-        _check("num_workers", self.num_workers, self.num_workers == 1, "1 (more workers are not implemented)")
+        _check("num_workers", self.num_workers, int(self.num_workers) == self.num_workers >= 1, "an integer >= 1")
+        _check("unit_size", self.unit_size, int(self.unit_size) == self.unit_size >= 0, "an integer >= 0")
+        for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
+            value = getattr(self, name)
+            _check(name, value, value is None or value >= 0, "None or >= 0")
         _check(
             "policy_updates_per_iteration",
             self.policy_updates_per_iteration,
@@ -61,6 +68,12 @@ class ImaginationConfig:
             "an integer >= 1",
         )
         _check("advantage_gain_windows", self.advantage_gain_windows, self.advantage_gain_windows >= 0, ">= 0")
+
+    def worker_resources(self, training: "WorldModelTrainingConfig") -> dict:
+        """Ray resources of one imagination worker (only used when num_workers > 1)."""
+        gpus = training.num_gpus / self.num_workers if self.num_gpus_per_worker is None else self.num_gpus_per_worker
+        cpus = training.num_cpus if self.num_cpus_per_worker is None else self.num_cpus_per_worker
+        return {"num_gpus": gpus, "num_cpus": cpus}
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,25 @@ def make_critic(module):
 
 def policy_outputs(module, observations, actions) -> dict:
     """`action_dist_inputs` [..., 2 D_a] and `action_logp` [...] of `actions` under `module` (no grad, numpy)."""
+    device = next(iter(module.parameters())).device
     with torch.no_grad():
-        obs = torch.as_tensor(_numpy(observations), dtype=torch.float32)
-        act = torch.as_tensor(_numpy(actions), dtype=torch.float32)
+        obs = torch.as_tensor(_numpy(observations), dtype=torch.float32, device=device)
+        act = torch.as_tensor(_numpy(actions), dtype=torch.float32, device=device)
         inputs = action_dist_inputs(module, obs)
         logp = action_logp(module, inputs, act)
-    return {"action_dist_inputs": inputs.numpy(), "action_logp": logp.numpy()}
+    return {"action_dist_inputs": inputs.cpu().numpy(), "action_logp": logp.cpu().numpy()}
+
+
+def action_z_std(actions, action_dist_inputs) -> float:
+    """On-policy-ness of imagined pairs for the adaptive delta (ALGORITHM.md 3.2), from the policy outputs the
+    episodes already carry: z = (a - mu) / sigma with [mu, log sigma] = action_dist_inputs; the mean over
+    action dims of the (unbiased) std of z per dim, as `diagnostics.action_z_stats` computes it.
+
+    actions: [..., D_a]; action_dist_inputs: [..., 2 D_a]. nan when there are fewer than two pairs.
+    """
+    act = torch.as_tensor(_numpy(actions), dtype=torch.float32)
+    mean, log_std = torch.chunk(torch.as_tensor(_numpy(action_dist_inputs), dtype=torch.float32), 2, dim=-1)
+    z = ((act - mean) / log_std.exp()).reshape(-1, act.shape[-1])  # [N, D_a]
+    if z.shape[0] < 2:
+        return float("nan")
+    return z.std(dim=0).mean().item()

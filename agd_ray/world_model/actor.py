@@ -1,17 +1,26 @@
-"""The world-model actor: a thin Ray shell around `WorldModelWorker`, a plain class tests drive without Ray.
+"""World-model actors: thin Ray shells around plain classes that tests drive without Ray.
 
-The worker trains the diffusion model on windows pulled from replay in large chunks (ALGORITHM.md section 5,
-step 2) and serves guided imagination (step 3) with the newest policy and critic: a full RLModule rebuilt
-from the learner's spec, whose state arrives once per version as a Ray ObjectRef.
+`WorldModelWorker` (the trainer) trains the diffusion model on windows pulled from replay in large chunks
+(ALGORITHM.md section 5, step 2), owns the adaptive delta, and with one imagination worker (the default)
+also serves guided imagination (step 3). `ImaginationWorker`s serve imagination when there are several
+(`imagination(num_workers=K)`): each receives the trainer's EMA weights and normaliser once per version as an
+ObjectRef, and the policy/critic module state once per weights version. `ImaginationPool` is the driver's
+side: it splits a request across the workers and merges the answers in order.
+
+A request of B windows is sampled in fixed units of `unit_size` windows; each unit has its own generator,
+seeded from (seed, the unit's first window index), so any split across workers gives the same windows.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import ray
 import torch
+
+_WINDOW_FIELDS = ("observations", "actions", "rewards", "terminals")
 
 
 class _ActorReplay:
@@ -63,8 +72,85 @@ def _start_observations(start_states) -> np.ndarray:
     return np.asarray(start_states, dtype=np.float32)
 
 
+def _resolve(value):
+    """An ObjectRef's value (one `ray.get`), anything else as it is (plain-class use without Ray)."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+# -- splitting a request ----------------------------------------------------------------------------------------
+def unit_seed(seed: int, first_window: int) -> int:
+    """Seed of the generator of the imagination unit whose first window is `first_window` of a request seeded
+    `seed` (independent streams per unit, whichever worker samples it)."""
+    return int(np.random.SeedSequence([int(seed), int(first_window)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def split_request(batch_size: int, num_workers: int, unit_size: int) -> list[tuple[int, int]]:
+    """Contiguous window ranges [start, stop) of a request, one per worker that gets any, aligned to units
+    of `unit_size` windows and as even as the units allow (earlier workers take the extra unit)."""
+    num_units = -(-batch_size // unit_size)
+    per_worker, extra = divmod(num_units, num_workers)
+    ranges, unit = [], 0
+    for worker in range(num_workers):
+        count = per_worker + (worker < extra)
+        if count:
+            ranges.append((unit * unit_size, min((unit + count) * unit_size, batch_size)))
+        unit += count
+    return ranges
+
+
+def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index: int, seed: int, unit_size: int,
+                    advantage_gain_windows: int = 0) -> dict:
+    """Guided windows from `start_obs: [n, D_s]`, the request's windows start_index..start_index+n, sampled
+    unit by unit (see the module doc) with the model's EMA weights, normaliser and delta, guided by `module`
+    (policy and critic). Numpy arrays ready for `windows_to_episodes`, with the guiding policy's
+    `action_logp` and `action_dist_inputs`, plus metrics."""
+    from agd_ray.imagination import make_critic, make_policy, policy_outputs
+
+    started = time.perf_counter()
+    policy, critic = make_policy(module), make_critic(module)
+    stop_index = start_index + len(start_obs)
+    parts = []
+    first = start_index
+    while first < stop_index:
+        last = min((first // unit_size + 1) * unit_size, stop_index)  # units are aligned to the request
+        out = model.imagine(start_obs[first - start_index:last - start_index], policy=policy, critic=critic,
+                            guide=guide, generator=torch.Generator().manual_seed(unit_seed(seed, first)))
+        parts.append({k: out[k].detach() for k in _WINDOW_FIELDS})
+        first = last
+    windows = {k: torch.cat([p[k] for p in parts]) for k in _WINDOW_FIELDS}  # [n, H, ...]
+    windows.update(policy_outputs(module, windows["observations"], windows["actions"]))
+    windows = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in windows.items()}
+    elapsed = time.perf_counter() - started
+    num_transitions = len(start_obs) * (model.config.horizon - 1)
+    metrics = {"num_transitions": num_transitions, "imagine_s": elapsed,
+               "transitions_per_s": num_transitions / max(elapsed, 1e-9), "delta": model.delta}
+    if advantage_gain_windows > 0 and start_index == 0:  # the request's first windows, whoever holds them
+        if guide.enabled:
+            from agd_ray.world_model.diagnostics import advantage_gain
+
+            gain = advantage_gain(model, start_obs[:advantage_gain_windows], policy=policy, critic=critic,
+                                  guide=guide, seed=seed, gamma=guide.gamma)
+            metrics["advantage_gain"] = gain["guidance/advantage_gain"]
+        else:
+            metrics["advantage_gain"] = 0.0
+    return {"windows": windows, "start_index": int(start_index),
+            "normalizer_version": model.normalizer.version, "metrics": metrics}
+
+
+def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, device, seed: int):
+    from agd_ray.world_model import WorldModel
+
+    if guide_config.kind != "reward":
+        # Only the reward guide uses the return model J; training it otherwise doubles the update cost.
+        world_model_config = world_model_config.replace(return_model_hidden=0)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return WorldModel(obs_dim, act_dim, world_model_config, device=device, seed=seed)
+
+
 class WorldModelWorker:
-    """Trains a `WorldModel` at the rate the driver asks for and imagines guided windows for PPO.
+    """Trains a `WorldModel` at the rate the driver asks for, owns the adaptive delta, and imagines guided
+    windows for PPO (with one imagination worker) or hands its EMA weights to the imagination workers.
 
     replay: a `ReplayActor` handle or an in-process `ReplayBuffer`. module_spec: the RLModuleSpec
     (`config.get_rl_module_spec(..., inference_only=False)`) the policy and critic are rebuilt from.
@@ -72,20 +158,13 @@ class WorldModelWorker:
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, replay,
                  batches_per_call: int = 16, seed: int = 0, device: str | None = None, torch_threads: int = 1):
-        from agd_ray.world_model import WorldModel
-
         torch.set_num_threads(torch_threads)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if guide_config.kind != "reward":
-            # Only the reward guide uses the return model J; training it otherwise doubles the update cost.
-            world_model_config = world_model_config.replace(return_model_hidden=0)
-        self.model = WorldModel(obs_dim, act_dim, world_model_config, device=device, seed=seed)
+        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
         self.guide = guide_config
         self.replay = replay if hasattr(replay, "sample_windows_async") else (
             _LocalReplay(replay) if not isinstance(replay, ray.actor.ActorHandle) else _ActorReplay(replay))
         self.batches_per_call = int(batches_per_call)
-        self.module = module_spec.build()
+        self.module = module_spec.build().to(self.model.device)
         self.module.eval()
         self.weights_seq_no = -1
         self._seed = int(seed)
@@ -98,12 +177,23 @@ class WorldModelWorker:
         self.weights_seq_no = int(weights_seq_no)
         return self.weights_seq_no
 
+    def imagination_state(self) -> dict:
+        """What imagination workers need of the model: EMA denoiser (and return model), normaliser, and the
+        version they belong to (`num_updates`, normaliser version). Returned through Ray's object store, so
+        one copy per version serves every worker."""
+        model = self.model
+        return {"num_updates": model.num_updates, "normalizer": model.normalizer.to_dict(),
+                "ema_denoiser": {k: v.cpu() for k, v in model.ema_denoiser.state_dict().items()},
+                "return_model": ({k: v.cpu() for k, v in model.return_model.state_dict().items()}
+                                 if model.return_model is not None else None)}
+
     # -- training ------------------------------------------------------------------------------------------
     def train(self, *, num_updates: int) -> dict:
         """`num_updates` Adam steps on windows from replay, pulled `batches_per_call` batches per call with
         the next call in flight while the current one trains. Returns loss and counters."""
         if num_updates <= 0:
-            return {"num_updates": self.model.num_updates, "loss": float("nan"), "updates_done": 0}
+            return {"num_updates": self.model.num_updates, "loss": float("nan"), "updates_done": 0,
+                    "train_s": 0.0, "replay_wait_s": 0.0}
         start = time.perf_counter()
         self.model.set_normalizer(self.replay.normalizer_snapshot())
         batch_size, horizon = self.model.config.batch_size, self.model.config.horizon
@@ -118,8 +208,7 @@ class WorldModelWorker:
             if i + 1 < len(sizes):
                 pending = self._pull(sizes[i + 1] * batch_size, horizon)
             for j in range(size):
-                batch = {k: windows[k][j * batch_size:(j + 1) * batch_size]
-                         for k in ("observations", "actions", "rewards", "terminals")}
+                batch = {k: windows[k][j * batch_size:(j + 1) * batch_size] for k in _WINDOW_FIELDS}
                 losses.append(self.model.update(batch)["loss"])
         return {"num_updates": self.model.num_updates, "loss": float(np.mean(losses)), "updates_done": num_updates,
                 "normalizer_version": self.model.normalizer.version, "train_s": time.perf_counter() - start,
@@ -130,42 +219,35 @@ class WorldModelWorker:
         return self.replay.sample_windows_async(num_windows, horizon, self._seed * 1_000_003 + self._pull_count)
 
     # -- imagination ---------------------------------------------------------------------------------------
-    def imagine(self, *, batch_size: int, seed: int, advantage_gain_windows: int = 0) -> dict:
-        """Guided windows from replay start states with the current policy/critic version, as numpy arrays
-        ready for `windows_to_episodes`, plus metrics. Adapts the policy-guidance step afterwards."""
-        from agd_ray.imagination import make_critic, make_policy, policy_outputs
+    def imagine(self, *, seed: int, batch_size: int | None = None, start_observations=None, start_index: int = 0,
+                stop_index: int | None = None, unit_size: int | None = None, advantage_gain_windows: int = 0) -> dict:
+        """Guided windows with the current policy/critic version (see `imagine_windows`); the delta is not
+        adapted here (`adapt_delta`, once per merged request).
 
-        start = time.perf_counter()
-        start_obs = _start_observations(self.replay.sample_start_states(batch_size, seed))
-        policy, critic = make_policy(self.module), make_critic(self.module)
-        out = self.model.imagine(start_obs, policy=policy, critic=critic, guide=self.guide,
-                                 generator=torch.Generator().manual_seed(seed))
-        adapt = self.model.adapt_policy_step(out, policy)
-        windows = {k: out[k].detach().cpu() for k in ("observations", "actions", "rewards", "terminals")}
-        windows.update(policy_outputs(self.module, windows["observations"], windows["actions"]))
-        elapsed = time.perf_counter() - start
-        metrics = {
-            "num_transitions": int(batch_size * (self.model.config.horizon - 1)),
-            "transitions_per_s": batch_size * (self.model.config.horizon - 1) / max(elapsed, 1e-9),
-            "action_z_std": adapt["action_z_std"],
-            "delta": adapt["delta"],
-            "imagine_s": elapsed,
-        }
-        if advantage_gain_windows > 0 and self.guide.enabled:
-            metrics["advantage_gain"] = self._advantage_gain(start_obs[:advantage_gain_windows], seed)
-        elif advantage_gain_windows > 0:
-            metrics["advantage_gain"] = 0.0
-        return {"windows": {k: np.asarray(v) for k, v in windows.items()}, "weights_seq_no": self.weights_seq_no,
-                "normalizer_version": out["normalizer_version"], "metrics": metrics}
+        start_observations: the whole request's start states [B, D_s] (an array, or an ObjectRef shared by
+        all workers), of which this call imagines windows start_index..stop_index; without it, `batch_size`
+        start states are sampled from replay with `seed`. unit_size: windows per generator (default: all).
+        """
+        if start_observations is None:
+            start_observations = self.replay.sample_start_states(batch_size, seed)
+        start_obs = _start_observations(_resolve(start_observations))
+        stop_index = len(start_obs) if stop_index is None else int(stop_index)
+        out = imagine_windows(self.model, self.module, self.guide, start_obs[start_index:stop_index],
+                              start_index=start_index, seed=seed, unit_size=int(unit_size or len(start_obs)),
+                              advantage_gain_windows=advantage_gain_windows)
+        out["weights_seq_no"] = self.weights_seq_no
+        return out
 
-    def _advantage_gain(self, start_obs: np.ndarray, seed: int) -> float:
-        """Mean n-step advantage of guided minus unguided windows from the same start states and noise."""
-        from agd_ray.imagination import make_critic, make_policy
-        from agd_ray.world_model.diagnostics import advantage_gain
+    def adapt_delta(self, *, action_z_std: float) -> float:
+        """Adaptive delta (ALGORITHM.md 3.2), once per merged imagined batch: log delta += delta_lr (z_std - 1),
+        the step of `WorldModel.adapt_policy_step` with z_std measured by the caller. Returns the new log delta.
+        A non-finite z_std (no finite windows) leaves delta unchanged."""
+        if math.isfinite(action_z_std):
+            self.model.log_delta += self.model.config.delta_lr * (float(action_z_std) - 1.0)
+        return self.model.log_delta
 
-        result = advantage_gain(self.model, start_obs, policy=make_policy(self.module),
-                                critic=make_critic(self.module), guide=self.guide, seed=seed, gamma=self.guide.gamma)
-        return result["guidance/advantage_gain"]
+    def get_log_delta(self) -> float:
+        return self.model.log_delta
 
     # -- state -----------------------------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -183,6 +265,129 @@ class WorldModelWorker:
                 "delta": self.model.delta, "normalizer_version": self.model.normalizer.version}
 
 
+class ImaginationWorker:
+    """Imagines guided windows with the trainer's EMA weights; holds no optimiser state of its own.
+
+    The model state and the module state arrive as `(version, [ObjectRef])` pairs (the ref inside a list, so
+    Ray does not resolve it per call): a worker fetches each version once and keeps it.
+    """
+
+    def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, seed: int = 0,
+                 device: str | None = None, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)
+        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
+        self.guide = guide_config
+        self.module = module_spec.build().to(self.model.device)
+        self.module.eval()
+        self.model_version = None
+        self.weights_seq_no = -1
+
+    def _load(self, world_model_state, module_state) -> None:
+        from agd_ray.world_model.normalizer import NormalizerSnapshot
+
+        version, (ref,) = world_model_state
+        if version != self.model_version:
+            state = _resolve(ref)
+            self.model.ema_denoiser.load_state_dict(state["ema_denoiser"])
+            if self.model.return_model is not None and state["return_model"] is not None:
+                self.model.return_model.load_state_dict(state["return_model"])
+            self.model.normalizer = NormalizerSnapshot.from_dict(state["normalizer"])
+            self.model.num_updates = int(state["num_updates"])
+            self.model_version = version
+        seq_no, (ref,) = module_state
+        if int(seq_no) != self.weights_seq_no:
+            self.module.set_state(_resolve(ref))
+            self.weights_seq_no = int(seq_no)
+
+    def imagine(self, *, world_model_state, module_state, log_delta: float, start_observations, seed: int,
+                start_index: int, stop_index: int, unit_size: int, advantage_gain_windows: int = 0) -> dict:
+        """Windows start_index..stop_index of a request (see `WorldModelWorker.imagine`) with the given
+        model version, module version and log delta."""
+        self._load(world_model_state, module_state)
+        self.model.log_delta = float(log_delta)
+        start_obs = _start_observations(_resolve(start_observations))
+        out = imagine_windows(self.model, self.module, self.guide, start_obs[start_index:stop_index],
+                              start_index=start_index, seed=seed, unit_size=int(unit_size),
+                              advantage_gain_windows=advantage_gain_windows)
+        out["weights_seq_no"] = self.weights_seq_no
+        return out
+
+
 @ray.remote
 class WorldModelActor(WorldModelWorker):
     """Ray shell of `WorldModelWorker`; create with `.options(num_gpus=..., num_cpus=...)`."""
+
+
+@ray.remote
+class ImaginationActor(ImaginationWorker):
+    """Ray shell of `ImaginationWorker`; create with `.options(num_gpus=..., num_cpus=...)`."""
+
+
+class ImaginationPool:
+    """The driver's side of imagination: requests split across the workers, answers merged in order.
+
+    trainer: the `WorldModelActor` (it imagines itself when `workers` is empty, i.e. num_workers = 1).
+    workers: `ImaginationActor` handles. The trainer's EMA state goes to the workers as one ObjectRef per
+    version: call `model_changed()` after each training call, `reset()` after a restore.
+    """
+
+    def __init__(self, trainer, workers=(), *, unit_size: int = 0) -> None:
+        self.trainer, self.workers = trainer, list(workers)
+        self.unit_size = int(unit_size)
+        self.reset()
+
+    @property
+    def num_workers(self) -> int:
+        return max(1, len(self.workers))
+
+    def reset(self) -> None:
+        self._model_state = None  # (version, [ObjectRef]) of the trainer's imagination state
+        self._model_version = 0
+        self._log_delta = None  # ObjectRef of the trainer's newest log delta (None: ask it)
+
+    def model_changed(self) -> None:
+        self._model_state = None
+
+    def set_log_delta(self, log_delta_ref) -> None:
+        self._log_delta = log_delta_ref
+
+    def request(self, *, start_observations, batch_size: int, seed: int, module_state,
+                advantage_gain_windows: int = 0) -> list:
+        """Start imagining `batch_size` windows; returns the ObjectRefs `collect` merges.
+
+        start_observations: ObjectRef (or array) of the start states [B, D_s], shared by all workers.
+        module_state: (weights_seq_no, [ObjectRef of the module state]); the trainer already has it.
+        """
+        unit = self.unit_size or -(-batch_size // self.num_workers)
+        ranges = split_request(batch_size, self.num_workers, unit)
+        common = dict(start_observations=start_observations, seed=seed, unit_size=unit,
+                      advantage_gain_windows=advantage_gain_windows)
+        if not self.workers:
+            return [self.trainer.imagine.remote(start_index=0, stop_index=batch_size, **common)]
+        if self._model_state is None:
+            self._model_version += 1
+            self._model_state = (self._model_version, [self.trainer.imagination_state.remote()])
+        if self._log_delta is None:
+            self._log_delta = self.trainer.get_log_delta.remote()
+        return [worker.imagine.remote(world_model_state=self._model_state, module_state=module_state,
+                                      log_delta=self._log_delta, start_index=start, stop_index=stop, **common)
+                for worker, (start, stop) in zip(self.workers, ranges)]
+
+    @staticmethod
+    def merge(results: list[dict]) -> dict:
+        """Shards in request order -> one answer: windows concatenated, metrics combined (transitions/s of
+        the whole request: its transitions over the slowest shard's time)."""
+        results = sorted(results, key=lambda r: r["start_index"])
+        for key in ("weights_seq_no", "normalizer_version"):
+            if len({r[key] for r in results}) != 1:
+                raise RuntimeError(f"imagination shards disagree on {key}: {[r[key] for r in results]}")
+        windows = {k: np.concatenate([r["windows"][k] for r in results]) for k in results[0]["windows"]}
+        num_transitions = sum(r["metrics"]["num_transitions"] for r in results)
+        imagine_s = max(r["metrics"]["imagine_s"] for r in results)
+        metrics = {"num_transitions": num_transitions, "imagine_s": imagine_s,
+                   "transitions_per_s": num_transitions / max(imagine_s, 1e-9),
+                   "delta": results[0]["metrics"]["delta"], "num_shards": len(results)}
+        if "advantage_gain" in results[0]["metrics"]:
+            metrics["advantage_gain"] = results[0]["metrics"]["advantage_gain"]
+        return {"windows": windows, "weights_seq_no": results[0]["weights_seq_no"],
+                "normalizer_version": results[0]["normalizer_version"], "metrics": metrics}

@@ -1,7 +1,9 @@
 """A tiny AGD run on local Ray that asserts the loop's counters (STYLE.md: counters, not returns).
 
 2 env runners, a tiny world model, 3 iterations; then save, restore into a fresh algorithm, one more
-iteration, and the counters continue. The model-free baseline runs through the same harness.
+iteration, and the counters continue. The loop is pipelined (the next batch is imagined while the env
+runners sample, the world model trains while PPO updates): the counters must not notice. The model-free
+baseline runs through the same harness.
 """
 
 import pathlib
@@ -56,6 +58,7 @@ def counters(result: dict) -> dict:
         "world_model_seq_no": int(result["world_model"]["weights_seq_no"]),
         "imagination_seq_no": int(result["imagination"]["weights_seq_no"]),
         "policy_updates": int(result["agd"]["policy_updates"]),
+        "prefetched": int(result["imagination"]["prefetched"]),
     }
 
 
@@ -87,6 +90,8 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
             assert after["env_runner_seq_no"] == before["env_runner_seq_no"] + 1
             assert after["policy_updates"] == before["policy_updates"] + 1
         assert [c["policy_updates"] for c in history] == [1, 2, 3]
+        # the first batch is imagined after pretraining; later ones were in flight from the previous iteration
+        assert [c["prefetched"] for c in history] == [0, 1, 1]
         checkpoint = algo.save_to_path(str(tmp_path / "checkpoint"))
         saved = history[-1]
     finally:
@@ -99,6 +104,7 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
     finally:
         restored.stop()
     check_invariants(after)
+    assert after["prefetched"] == 0  # the batch pending at save time is imagined again, not stored
     assert after["env_steps"] - saved["env_steps"] >= ENV_STEPS_PER_ITER  # no second prefill
     assert after["replay_size"] == after["env_steps"]  # replay contents came back
     assert after["imagined"] == saved["imagined"] + after["imagined_this_iter"]

@@ -63,7 +63,9 @@ def test_world_model_splits_model_and_training_fields():
         (lambda c: c.world_model(updates_per_env_step=-1.0), "updates_per_env_step=-1.0"),
         (lambda c: c.world_model(widht=3), "widht"),
         (lambda c: c.imagination(batch_size=0), "batch_size=0"),
-        (lambda c: c.imagination(num_workers=2), "num_workers=2"),
+        (lambda c: c.imagination(num_workers=0), "num_workers=0"),
+        (lambda c: c.imagination(unit_size=-1), "unit_size=-1"),
+        (lambda c: c.imagination(num_gpus_per_worker=-0.5), "num_gpus_per_worker=-0.5"),
         (lambda c: c.replay(prefill_steps=-5), "prefill_steps=-5"),
         (lambda c: c.replay(capacity=0), "capacity=0"),
     ],
@@ -72,6 +74,15 @@ def test_bad_values_raise_value_error_quoting_them(call, quoted):
     with pytest.raises(ValueError) as error:
         call(AGDConfig())
     assert quoted in str(error.value)
+
+
+def test_imagination_worker_resources_default_to_a_share_of_the_world_models():
+    config = AGDConfig().world_model(num_gpus=1.0, num_cpus=2).imagination(num_workers=4)
+    assert config.imagination_config.worker_resources(config.world_model_training) == {"num_gpus": 0.25,
+                                                                                       "num_cpus": 2}
+    config.imagination(num_gpus_per_worker=1.0, num_cpus_per_worker=0)
+    assert config.imagination_config.worker_resources(config.world_model_training) == {"num_gpus": 1.0,
+                                                                                       "num_cpus": 0}
 
 
 def test_validate_names_unknown_env_and_allowed_ones():

@@ -9,6 +9,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from agd_ray.imagination import (
+    action_z_std,
     episode_cut,
     make_critic,
     make_policy,
@@ -98,3 +99,36 @@ def test_critic_callable_matches_value_head_for_any_leading_shape(module):
     with torch.no_grad():
         flat = module.compute_values({Columns.OBS: obs.reshape(-1, OBS_DIM)})
     torch.testing.assert_close(values.detach().reshape(-1), flat)
+
+
+def test_action_z_std_from_episode_outputs_equals_the_adaptive_delta_statistic(module):
+    from agd_ray.world_model.diagnostics import action_z_stats
+
+    windows = _windows(np.zeros((6, H), dtype=bool), module)
+    out = {"observations": torch.as_tensor(windows["observations"]), "actions": torch.as_tensor(windows["actions"])}
+    with torch.no_grad():
+        expected = action_z_stats(out, make_policy(module))["action_z_std"]
+    assert action_z_std(windows["actions"], windows["action_dist_inputs"]) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(action_z_std(windows["actions"][:1, :1], windows["action_dist_inputs"][:1, :1]))
+
+
+@pytest.mark.parametrize("batch_size, num_workers, unit_size", [(16, 1, 16), (16, 2, 8), (17, 2, 4), (5, 3, 1),
+                                                                 (3, 4, 1), (1024, 3, 100)])
+def test_split_request_covers_the_batch_in_order_on_unit_boundaries(batch_size, num_workers, unit_size):
+    from agd_ray.world_model.actor import split_request
+
+    ranges = split_request(batch_size, num_workers, unit_size)
+    assert len(ranges) == min(num_workers, -(-batch_size // unit_size))
+    assert ranges[0][0] == 0 and ranges[-1][1] == batch_size
+    for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+        assert stop == start and start % unit_size == 0
+    units = [-(-(stop - start) // unit_size) for start, stop in ranges]
+    assert max(units) - min(units) <= 1  # as even as the units allow
+
+
+def test_unit_seeds_differ_per_unit_and_repeat():
+    from agd_ray.world_model.actor import unit_seed
+
+    seeds = [unit_seed(3, first) for first in (0, 8, 16)] + [unit_seed(4, 0)]
+    assert len(set(seeds)) == 4 and unit_seed(3, 8) == seeds[1]
+    assert all(0 <= s < 2**63 for s in seeds)
