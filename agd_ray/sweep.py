@@ -21,8 +21,6 @@ import sys
 import typing
 from dataclasses import dataclass, field, fields
 
-from ray.tune.stopper import Stopper
-
 # -- the file format ---------------------------------------------------------------------------------------
 TOP_LEVEL_KEYS = {
     "name": "Tune experiment name (a directory under --output; default: the file's stem)",
@@ -399,8 +397,9 @@ def _trainable():
     return tune.with_resources(AGD, trial_resources)
 
 
-class EnvStepStopper(Stopper):
-    """Stops a trial at `env_steps` real env steps (or `max_iterations`); a Tune Stopper."""
+class EnvStepStopper:
+    """Stops a trial at `env_steps` real env steps (or `max_iterations`). A plain callable, which Tune wraps
+    in its FunctionStopper (no `stop_all`, so that importing this module does not import Ray Tune)."""
 
     def __init__(self, env_steps: int, max_iterations: int | None = None):
         self.env_steps, self.max_iterations = env_steps, max_iterations
@@ -411,9 +410,6 @@ class EnvStepStopper(Stopper):
         steps = result_row(result)["env_steps"] or 0
         iterations = result.get("training_iteration", 0)
         return steps >= self.env_steps or (self.max_iterations is not None and iterations >= self.max_iterations)
-
-    def stop_all(self) -> bool:
-        return False
 
 
 # -- running ---------------------------------------------------------------------------------------------------
