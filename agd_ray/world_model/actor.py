@@ -115,11 +115,11 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
         last = min((first // unit_size + 1) * unit_size, stop_index)  # units are aligned to the request
         out = model.imagine(start_obs[first - start_index:last - start_index], policy=policy, critic=critic,
                             guide=guide, generator=torch.Generator().manual_seed(unit_seed(seed, first)))
-        parts.append({k: out[k].detach() for k in _WINDOW_FIELDS})
+        part = {k: out[k].detach().cpu().numpy() for k in _WINDOW_FIELDS}
+        # per unit too: the same shapes whatever the split, so the same floating-point results
+        parts.append({**part, **policy_outputs(module, part["observations"], part["actions"])})
         first = last
-    windows = {k: torch.cat([p[k] for p in parts]) for k in _WINDOW_FIELDS}  # [n, H, ...]
-    windows.update(policy_outputs(module, windows["observations"], windows["actions"]))
-    windows = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in windows.items()}
+    windows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # [n, H, ...]
     elapsed = time.perf_counter() - started
     num_transitions = len(start_obs) * (model.config.horizon - 1)
     metrics = {"num_transitions": num_transitions, "imagine_s": elapsed,
