@@ -19,6 +19,8 @@ import pathlib
 import sys
 import time
 
+from agd_ray.sweep import add_sweep_parser, sweep_main
+
 GUIDE_CHOICES = ("none", "sag", "eag", "reward", "model-free")
 PRESETS = ("cpu", "paper")
 
@@ -41,7 +43,7 @@ PRESET_SETTINGS = {
                             batch_size=256, updates_per_env_step=1.0, pretrain_updates=1000, num_gpus=1.0),
         "imagination": dict(batch_size=1024),
         "replay": dict(capacity=1_000_000, prefill_steps=5000),
-        "training": dict(train_batch_size_per_learner=1000, minibatch_size=1024, num_epochs=5, lr=3e-4),
+        "training": dict(train_batch_size_per_learner=1024, minibatch_size=1024, num_epochs=5, lr=3e-4),
         "num_env_runners": 2,
         "evaluation_interval": 10,
         "evaluation_episodes": 10,
@@ -66,6 +68,7 @@ def _positive_float(name: str, text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agd-ray", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    add_sweep_parser(commands)
 
     train = commands.add_parser("train", help="train on one environment and write outputs to --output",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -425,6 +428,8 @@ def main(argv=None) -> int:
             return train(args)
         if args.command == "bench":
             return bench(args)
+        if args.command == "sweep":
+            return sweep_main(args)
         return evaluate(args)
     except UsageError as error:
         print(f"agd-ray {args.command}: error: {error}", file=sys.stderr)
