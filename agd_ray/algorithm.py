@@ -51,7 +51,8 @@ from agd_ray.config import AGDConfig
 from agd_ray.envs.core import make_env, register_recording_env
 
 _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the loop's counters
-# Driver time blocked on actors, per iteration (result keys agd/wait_s/<name>): the bench's transfer share.
+# Driver time blocked on actors, per iteration: agd/wait_s/<name> (all of it) and agd/transfer_s/<name> (after
+# the actor had finished: moving results or weights); bench/throughput.py reports their share of the wall-clock.
 _WAITS = ("imagination", "world_model", "weights", "replay")
 
 
@@ -74,7 +75,9 @@ class AGD(PPO):
         self._pending_imagination = None  # ObjectRefs of the batch imagined with the current weights
         self._module_state = None  # (weights_seq_no, [ObjectRef]) of the learner's full module state
         self._phase_s = {}  # driver seconds per phase this iteration
-        self._wait_s = dict.fromkeys(_WAITS, 0.0)
+        self._wait_s = dict.fromkeys(_WAITS, 0.0)  # driver blocked on actors, this iteration
+        self._transfer_s = dict.fromkeys(_WAITS, 0.0)  # of which after the actors had finished: moving data
+        self._prefetched = 0
         if not self.config.model_based:
             return
         from agd_ray.replay.actor import ReplayActor
@@ -138,12 +141,18 @@ class AGD(PPO):
         self._phase_s[name] = self._phase_s.get(name, 0.0) + time.perf_counter() - started
 
     def _wait(self, name: str, refs):
-        """`ray.get(refs)`, with the driver's blocked time counted under `agd/wait_s/<name>`."""
-        started = time.perf_counter()
-        try:
-            return ray.get(refs)
-        finally:
-            self._wait_s[name] += time.perf_counter() - started
+        """`ray.get(refs)`, with the driver's blocked time counted under `agd/wait_s/<name>`; the part after
+        the actors finished (results carry `finished_at`, wall-clock) or all of it (results without) is the
+        transfer, counted under `agd/transfer_s/<name>`."""
+        started, started_at = time.perf_counter(), time.time()
+        results = ray.get(refs)
+        blocked = time.perf_counter() - started
+        finished = [r["finished_at"] for r in (results if isinstance(results, list) else [results])
+                    if isinstance(r, dict) and "finished_at" in r]
+        transfer = min(blocked, max(0.0, time.time() - max([*finished, started_at]))) if finished else blocked
+        self._wait_s[name] += blocked
+        self._transfer_s[name] += transfer
+        return results
 
     # ---------------------------------------------------------------------------------------------------
     @override(PPO)
@@ -153,7 +162,8 @@ class AGD(PPO):
             self._counters["env_steps"] = int(
                 self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
             return
-        self._phase_s, self._wait_s = {}, dict.fromkeys(_WAITS, 0.0)
+        self._phase_s, self._wait_s, self._transfer_s = {}, dict.fromkeys(_WAITS, 0.0), dict.fromkeys(_WAITS, 0.0)
+        self._prefetched = 0  # batches of this iteration that were in flight before they were needed
         self._sample_real()  # the batch requested at the end of the last iteration is imagined meanwhile
         training = self._start_world_model_training()  # in flight through the PPO updates
         for _ in range(self.config.imagination_config.policy_updates_per_iteration):
@@ -252,7 +262,7 @@ class AGD(PPO):
             self.metrics.log_value(("imagination", "action_z_std"), z_std, window=1)
             self.metrics.log_value(("imagination", "delta"), metrics["delta"], window=1)
             self.metrics.log_value(("imagination", "weights_seq_no"), out["weights_seq_no"], window=1)
-            self.metrics.log_value(("imagination", "prefetched"), int(prefetched), window=1)
+            self._prefetched += int(prefetched)
             self.metrics.log_value(("imagination", "num_shards"), metrics["num_shards"], window=1)
             self.metrics.log_value(("imagination", "mean_episode_len"),
                                    num_transitions / max(len(episodes), 1), window=1)
@@ -283,7 +293,8 @@ class AGD(PPO):
             started = time.perf_counter()
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
             self._push_weights_to_world_model()
-            self._wait_s["weights"] += time.perf_counter() - started
+            self._wait_s["weights"] += time.perf_counter() - started  # all of it moves weights
+            self._transfer_s["weights"] += time.perf_counter() - started
 
     def _push_weights_to_world_model(self) -> None:
         """Full module state (policy and critic): one `ray.put` per weights version, shared by the trainer
@@ -308,6 +319,8 @@ class AGD(PPO):
             self.metrics.log_value(("agd", "phase_s", name), seconds, window=1)
         for name, seconds in self._wait_s.items():
             self.metrics.log_value(("agd", "wait_s", name), seconds, window=1)
+            self.metrics.log_value(("agd", "transfer_s", name), self._transfer_s[name], window=1)
+        self.metrics.log_value(("imagination", "prefetched"), self._prefetched, window=1)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     @override(PPO)

@@ -133,7 +133,7 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
             metrics["advantage_gain"] = gain["guidance/advantage_gain"]
         else:
             metrics["advantage_gain"] = 0.0
-    return {"windows": windows, "start_index": int(start_index),
+    return {"windows": windows, "start_index": int(start_index), "finished_at": time.time(),
             "normalizer_version": model.normalizer.version, "metrics": metrics}
 
 
@@ -193,7 +193,7 @@ class WorldModelWorker:
         the next call in flight while the current one trains. Returns loss and counters."""
         if num_updates <= 0:
             return {"num_updates": self.model.num_updates, "loss": float("nan"), "updates_done": 0,
-                    "train_s": 0.0, "replay_wait_s": 0.0}
+                    "train_s": 0.0, "replay_wait_s": 0.0, "finished_at": time.time()}
         start = time.perf_counter()
         self.model.set_normalizer(self.replay.normalizer_snapshot())
         batch_size, horizon = self.model.config.batch_size, self.model.config.horizon
@@ -212,7 +212,7 @@ class WorldModelWorker:
                 losses.append(self.model.update(batch)["loss"])
         return {"num_updates": self.model.num_updates, "loss": float(np.mean(losses)), "updates_done": num_updates,
                 "normalizer_version": self.model.normalizer.version, "train_s": time.perf_counter() - start,
-                "replay_wait_s": wait_s}
+                "replay_wait_s": wait_s, "finished_at": time.time()}
 
     def _pull(self, num_windows: int, horizon: int):
         self._pull_count += 1
