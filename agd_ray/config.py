@@ -167,6 +167,19 @@ class AGDConfig(PPOConfig):
         self.model_based = not enabled
         return self
 
+    def actor_bundles(self) -> list[dict]:
+        """Placement-group bundles of the actors `AGD.setup` creates besides RLlib's own: the world-model
+        trainer and, with `imagination.num_workers` > 1, one per imagination worker (the replay actor takes
+        no resources). Empty for the model-free baseline."""
+        if not self.model_based:
+            return []
+        training, imagination = self.world_model_training, self.imagination_config
+        resources = [{"num_cpus": training.num_cpus, "num_gpus": training.num_gpus}]
+        if imagination.num_workers > 1:
+            resources += [imagination.worker_resources(training)] * imagination.num_workers
+        bundles = [{k: v for k, v in (("CPU", r["num_cpus"]), ("GPU", r["num_gpus"])) if v > 0} for r in resources]
+        return [b for b in bundles if b]
+
     # -- Tune / serialisation ----------------------------------------------------------------------------
     def flat_sections(self) -> dict:
         """All section fields as dotted flat keys: {"guidance.temperature": 1.0, ...}."""

@@ -85,6 +85,13 @@ def test_imagination_worker_resources_default_to_a_share_of_the_world_models():
                                                                                        "num_cpus": 0}
 
 
+def test_actor_bundles_cover_the_world_model_and_imagination_workers():
+    config = AGDConfig().world_model(num_gpus=1.0, num_cpus=1).imagination(num_workers=2)
+    assert config.actor_bundles() == [{"CPU": 1, "GPU": 1.0}, {"CPU": 1, "GPU": 0.5}, {"CPU": 1, "GPU": 0.5}]
+    assert AGDConfig().world_model(num_cpus=0).actor_bundles() == []
+    assert AGDConfig().model_free().actor_bundles() == []
+
+
 def test_validate_names_unknown_env_and_allowed_ones():
     with pytest.raises(ValueError) as error:
         AGDConfig().environment("CartPole-v1").validate()
