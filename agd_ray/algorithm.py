@@ -15,8 +15,10 @@ The phases overlap (section 5's actor-learner pipelining) while the ratios stay 
 - the world-model training call is in flight while the driver runs the PPO update; the driver waits for it
   only at the end of the iteration, so the update count is `updates_per_env_step` x env steps every iteration.
 The price is one iteration of world-model staleness: a batch is imagined by the model trained up to the
-previous iteration's real steps. The first iteration (and the first after a restore, which re-imagines
-instead of storing the pending batch) imagines after training, as the unpipelined loop does.
+previous iteration's real steps (with imagination workers, K > 1, every batch of the iteration, so that they
+imagine while the trainer trains; with K = 1 the trainer is one actor, so a second update's batch in the same
+iteration waits for the training and uses its result). The first iteration (and the first after a restore,
+which re-imagines instead of storing the pending batch) imagines after training, as the unpipelined loop does.
 `AGDConfig().model_free()` runs PPO's own `training_step` on real data in the same harness.
 """
 
@@ -166,12 +168,15 @@ class AGD(PPO):
         self._prefetched = 0  # batches of this iteration that were in flight before they were needed
         self._sample_real()  # the batch requested at the end of the last iteration is imagined meanwhile
         training = self._start_world_model_training()  # in flight through the PPO updates
-        for _ in range(self.config.imagination_config.policy_updates_per_iteration):
+        rounds = self.config.imagination_config.policy_updates_per_iteration
+        for round_ in range(rounds):
             episodes = self._collect_imagination()
             self._update_policy(episodes)
             self._sync_weights()
-            self._request_imagination()  # the next update's batch, with the weights it will start from
+            if round_ + 1 < rounds:
+                self._request_imagination()  # the next update's batch, with the weights it will start from
         self._finish_world_model_training(training)
+        self._request_imagination()  # the next iteration's first batch, imagined while the env runners sample
         self._log_counters()
 
     def _sample_real(self) -> None:
@@ -201,10 +206,7 @@ class AGD(PPO):
             target = max(int(training.updates_per_env_step * self._counters["env_steps"]),
                          training.pretrain_updates)
             due = target - self._counters["world_model_updates"]
-            pending = self._world_model.train.remote(num_updates=due)
-            if due > 0:
-                self._imagination.model_changed()  # imagination workers get the new EMA weights next request
-            return pending, due
+            return self._world_model.train.remote(num_updates=due), due
 
     def _finish_world_model_training(self, training) -> None:
         """Phase 2 (end): wait for the training call; the update count is exact from here on."""
@@ -213,6 +215,7 @@ class AGD(PPO):
             result = self._wait("world_model", pending)
             self._counters["world_model_updates"] = int(result["num_updates"])
             if due > 0:
+                self._imagination.model_changed()  # imagination workers get the new EMA weights next request
                 self.metrics.log_value(("world_model", "loss"), result["loss"], window=1)
                 self.metrics.log_value(("world_model", "replay_wait_s"), result["replay_wait_s"], window=1)
                 self.metrics.log_value(("world_model", "train_s"), result["train_s"], window=1)

@@ -47,8 +47,11 @@ def agd_config(env: str, preset: str, seed: int = 0):
 
 
 # -- 1. the AGD loop -------------------------------------------------------------------------------------------
-def run_agd(env: str, preset: str, iterations: int) -> list[dict]:
-    algo = agd_config(env, preset).build_algo()
+def run_agd(env: str, preset: str, iterations: int, imagination_workers: int = 1) -> list[dict]:
+    config = agd_config(env, preset)
+    if imagination_workers > 1:
+        config.imagination(num_workers=imagination_workers)
+    algo = config.build_algo()
     rows = []
     try:
         for i in range(iterations):
@@ -187,11 +190,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--envs", nargs="+", default=["InvertedPendulum-v5", "HalfCheetah-v5"])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--iterations", type=int, default=4, help="AGD iterations per env (the first one prefills)")
+    parser.add_argument("--iterations", type=int, default=7,
+                        help="AGD iterations per env (the first prefills and pretrains; with the cpu preset the "
+                             "world model trains again from iteration 4)")
     parser.add_argument("--sample-steps", type=int, default=2000, help="env steps per sampling call (part 2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--imagination-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--agd-workers", type=int, default=1, help="imagination workers of the AGD loop (part 1)")
+    parser.add_argument("--parts", nargs="+", default=["loop", "sampling", "imagination"],
+                        help="which parts to run: loop (1), sampling (2), imagination (3)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 iterations, small calls")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "throughput.json"))
@@ -199,19 +207,22 @@ def main(argv=None) -> int:
     if args.quick:
         args.iterations, args.sample_steps, args.repeats, args.imagination_batch = 2, 500, 1, 64
     report = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": machine(),
-              "preset": args.preset, "agd": {}, "sampling": {}}
+              "preset": args.preset, "agd_imagination_workers": args.agd_workers, "agd": {}, "sampling": {}}
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
     started = time.perf_counter()
     try:
         for env in args.envs:
-            print(f"AGD loop: {env}", flush=True)
-            report["agd"][env] = run_agd(env, args.preset, args.iterations)
-            print(f"sampling: {env}", flush=True)
-            report["sampling"][env] = compare_sampling(env, args.preset, args.sample_steps, args.repeats)
-        print("imagination workers", flush=True)
-        report["imagination_workers"] = imagination_workers(args.preset, args.imagination_batch, args.workers,
-                                                            args.repeats)
+            if "loop" in args.parts:
+                print(f"AGD loop: {env}", flush=True)
+                report["agd"][env] = run_agd(env, args.preset, args.iterations, args.agd_workers)
+            if "sampling" in args.parts:
+                print(f"sampling: {env}", flush=True)
+                report["sampling"][env] = compare_sampling(env, args.preset, args.sample_steps, args.repeats)
+        if "imagination" in args.parts:
+            print("imagination workers", flush=True)
+            report["imagination_workers"] = imagination_workers(args.preset, args.imagination_batch, args.workers,
+                                                                args.repeats)
     finally:
         ray.shutdown()
     report["wall_s"] = time.perf_counter() - started
@@ -223,34 +234,44 @@ def main(argv=None) -> int:
     return 0
 
 
+def _steady(rows: list[dict]) -> list[dict]:
+    """Iterations after the first in which the world model trained (at ratio r and `pretrain_updates` P the
+    updates start again once r x env steps > P: before that an iteration has no training and is faster)."""
+    steady = [b for a, b in zip(rows, rows[1:]) if b["world_model_updates"] > a["world_model_updates"]]
+    return steady or rows[1:] or rows
+
+
 def print_tables(report: dict) -> None:
     short = {"agd_sample_real": "sample", "agd_world_model_train": "wm start", "agd_imagine": "imagine",
              "learner_update_timer": "ppo", "synch_weights": "sync", "agd_world_model_wait": "wm wait"}
-    print("\nAGD iteration wall-clock by phase (driver seconds; later iterations are pipelined)")
+    print(f"\nAGD iteration wall-clock by phase (driver seconds; later iterations are pipelined; "
+          f"{report.get('agd_imagination_workers', 1)} imagination worker(s))")
     header = f"{'env':<20} {'it':>2} {'wall':>6} " + " ".join(f"{short[p]:>8}" for p in PHASES) + \
         f" {'blocked':>8} {'transfer':>8} {'share':>6} {'prefetch':>8}"
-    print(header)
-    print("-" * len(header))
+    print(header + "   wm updates")
+    print("-" * (len(header) + 13))
     for env, rows in report["agd"].items():
         for row in rows:
             phases = " ".join(f"{row['phase_s'].get(p, 0.0):8.2f}" for p in PHASES)
             print(f"{env:<20} {row['iteration']:>2} {row['wall_s']:6.2f} {phases} "
                   f"{sum(row['wait_s'].values()):8.2f} {sum(row['transfer_s'].values()):8.3f} "
-                  f"{row['transfer_share']:6.1%} {row['prefetched']:>8}")
-    print("\nsteady state (iterations 2+, mean seconds per iteration): driver blocked on actors, and of that the")
+                  f"{row['transfer_share']:6.1%} {row['prefetched']:>8} {row['world_model_updates']:>12}")
+    print("\nsteady state (iterations after the first that train the world model, mean seconds per iteration):")
+    print("driver blocked on actors, and of that the")
     print("transfer (after the actor had finished: results, weights get/put/sync, replay size)")
     for env, rows in report["agd"].items():
-        steady = rows[1:] or rows
+        steady = _steady(rows)
         wall = statistics.mean(r["wall_s"] for r in steady)
         for kind in ("wait_s", "transfer_s"):
             parts = {k: statistics.mean(r[kind].get(k, 0.0) for r in steady) for k in steady[0][kind]}
             print(f"{env:<20} {kind:<10} wall {wall:6.2f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()) +
                   f"  share {sum(parts.values()) / wall:.1%}")
-    print("\nreal sampling, env steps/s (median of interleaved calls)")
-    print(f"{'env':<20} {'AGD env runner':>15} {'RLlib PPO':>10} {'ratio':>6}")
-    for env, s in report["sampling"].items():
-        print(f"{env:<20} {s['agd_env_runner']['env_steps_per_s_median']:15.0f} "
-              f"{s['rllib_single_agent_env_runner']['env_steps_per_s_median']:10.0f} {s['ratio']:6.2f}")
+    if report["sampling"]:
+        print("\nreal sampling, env steps/s (median of interleaved calls)")
+        print(f"{'env':<20} {'AGD env runner':>15} {'RLlib PPO':>10} {'ratio':>6}")
+        for env, s in report["sampling"].items():
+            print(f"{env:<20} {s['agd_env_runner']['env_steps_per_s_median']:15.0f} "
+                  f"{s['rllib_single_agent_env_runner']['env_steps_per_s_median']:10.0f} {s['ratio']:6.2f}")
     iw = report.get("imagination_workers")
     if iw:
         print(f"\nimagination across workers (batch {iw['batch_size']}, H {iw['horizon']}, "
