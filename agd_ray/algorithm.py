@@ -17,8 +17,8 @@ The phases overlap (section 5's actor-learner pipelining) while the ratios stay 
 The price is one iteration of world-model staleness: a batch is imagined by the model trained up to the
 previous iteration's real steps (with imagination workers, K > 1, every batch of the iteration, so that they
 imagine while the trainer trains; with K = 1 the trainer is one actor, so a second update's batch in the same
-iteration waits for the training and uses its result). The first iteration (and the first after a restore,
-which re-imagines instead of storing the pending batch) imagines after training, as the unpipelined loop does.
+iteration waits for the training and uses its result). The first iteration imagines after training, as the unpipelined loop does; a restore imagines the batch that
+was pending at save time again (it is not stored) before the next iteration samples.
 `AGDConfig().model_free()` runs PPO's own `training_step` on real data in the same harness.
 """
 
@@ -355,13 +355,13 @@ class AGD(PPO):
             state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
             ray.get(self._world_model.set_state.remote(state))
             ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
-            # The batch pending at save time is not stored: the restored state (same weights, world model,
-            # delta and counters, so the same seed) imagines it again in the next iteration.
-            self._pending_imagination = None
             self._imagination.reset()
             self._counters["replay_connections"] += 1
             self._connect_env_runners()
             self._push_weights_to_world_model()
+            # The batch pending at save time is not stored: imagined again now, before any new real step, from
+            # the restored replay, world model, delta, weights and counters (so the same seed), it is the same.
+            self._request_imagination()
 
     @override(PPO)
     def cleanup(self) -> None:

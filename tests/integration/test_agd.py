@@ -1,13 +1,15 @@
 """A tiny AGD run on local Ray that asserts the loop's counters (STYLE.md: counters, not returns).
 
 2 env runners, a tiny world model, 3 iterations; then save, restore into a fresh algorithm, one more
-iteration, and the counters continue. The loop is pipelined (the next batch is imagined while the env
+iteration, and the counters continue (the batch in flight at save time is imagined again on restore, the
+same windows). The loop is pipelined (the next batch is imagined while the env
 runners sample, the world model trains while PPO updates): the counters must not notice. The model-free
 baseline runs through the same harness.
 """
 
 import pathlib
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -94,17 +96,24 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
         assert [c["prefetched"] for c in history] == [0, 1, 1]
         checkpoint = algo.save_to_path(str(tmp_path / "checkpoint"))
         saved = history[-1]
+        pending = ray.get(algo._pending_imagination)  # the next update's batch, in flight at save time
     finally:
         algo.stop()
 
     restored = tiny_config().build_algo()
     try:
         restored.restore_from_path(checkpoint)
+        # not stored in the checkpoint: imagined again on restore, and the same batch
+        again = ray.get(restored._pending_imagination)
+        assert len(again) == len(pending) == 1
+        for key, value in pending[0]["windows"].items():
+            np.testing.assert_array_equal(again[0]["windows"][key], value, err_msg=key)
+        assert again[0]["weights_seq_no"] == pending[0]["weights_seq_no"]
         after = counters(restored.train())
     finally:
         restored.stop()
     check_invariants(after)
-    assert after["prefetched"] == 0  # the batch pending at save time is imagined again, not stored
+    assert after["prefetched"] == 1
     assert after["env_steps"] - saved["env_steps"] >= ENV_STEPS_PER_ITER  # no second prefill
     assert after["replay_size"] == after["env_steps"]  # replay contents came back
     assert after["imagined"] == saved["imagined"] + after["imagined_this_iter"]
