@@ -66,10 +66,11 @@ class _LocalReplay:
 
 
 def _start_observations(start_states) -> np.ndarray:
-    """`sample_start_states` may return the observations or a dict holding them."""
+    """`sample_start_states` may return the observations or a dict holding them. A writable copy: Ray hands
+    out read-only zero-copy arrays, which torch warns about."""
     if isinstance(start_states, dict):
-        return np.asarray(start_states["observations"], dtype=np.float32)
-    return np.asarray(start_states, dtype=np.float32)
+        start_states = start_states["observations"]
+    return np.array(start_states, dtype=np.float32)
 
 
 def _resolve(value):
