@@ -66,6 +66,21 @@ class AGD(PPO):
     def get_default_config(cls) -> AGDConfig:
         return AGDConfig()
 
+    @classmethod
+    @override(PPO)
+    def default_resource_request(cls, config):
+        """RLlib's bundles for PPO (main process, env runners, evaluation runners, learners) plus those of the
+        actors `setup` creates (`AGDConfig.actor_bundles`: world-model trainer, imagination workers), so a
+        Tune trial reserves them in its placement group."""
+        from ray.tune import PlacementGroupFactory
+
+        request = super().default_resource_request(config)
+        algo_config = config if isinstance(config, AGDConfig) else cls.get_default_config().update_from_dict(config)
+        extra = algo_config.actor_bundles()
+        if not extra:
+            return request
+        return PlacementGroupFactory([dict(b) for b in request.bundles] + extra, strategy=request.strategy)
+
     @override(PPO)
     def setup(self, config: AGDConfig) -> None:
         if isinstance(config.env, str):

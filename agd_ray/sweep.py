@@ -373,20 +373,12 @@ def load_sweep(path) -> SweepSpec:
 
 # -- resources -----------------------------------------------------------------------------------------------
 def trial_resources(config: dict):
-    """One trial's placement group: RLlib's bundles for AGD (main process with the local learner, env
-    runners, evaluation runners, remote learners) plus one bundle for the world-model actor, which AGD
-    creates inside the trial (Tune captures child actors into the trial's placement group)."""
-    from ray.tune import PlacementGroupFactory
-
+    """One trial's placement group: `AGD.default_resource_request`, i.e. RLlib's bundles for PPO plus the
+    world-model trainer and imagination workers that AGD creates inside the trial (Tune captures child
+    actors into the trial's placement group)."""
     from agd_ray.algorithm import AGD
 
-    algo_config = AGD.get_default_config().update_from_dict(config)
-    request = AGD.default_resource_request(config)
-    bundles = [dict(b) for b in request.bundles]
-    training = algo_config.world_model_training
-    if algo_config.model_based and (training.num_gpus > 0 or training.num_cpus > 0):
-        bundles.append({k: v for k, v in (("CPU", training.num_cpus), ("GPU", training.num_gpus)) if v > 0})
-    return PlacementGroupFactory(bundles, strategy=request.strategy)
+    return AGD.default_resource_request(config)
 
 
 def _trainable():

@@ -13,7 +13,6 @@ seeded from (seed, the unit's first window index), so any split across workers g
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -240,11 +239,9 @@ class WorldModelWorker:
         return out
 
     def adapt_delta(self, *, action_z_std: float) -> float:
-        """Adaptive delta (ALGORITHM.md 3.2), once per merged imagined batch: log delta += delta_lr (z_std - 1),
-        the step of `WorldModel.adapt_policy_step` with z_std measured by the caller. Returns the new log delta.
-        A non-finite z_std (no finite windows) leaves delta unchanged."""
-        if math.isfinite(action_z_std):
-            self.model.log_delta += self.model.config.delta_lr * (float(action_z_std) - 1.0)
+        """Adaptive delta (ALGORITHM.md 3.2), once per merged imagined batch, with z_std measured by the caller
+        (`WorldModel.adapt_delta`). Returns the new log delta."""
+        self.model.adapt_delta(action_z_std)
         return self.model.log_delta
 
     def get_log_delta(self) -> float:

@@ -263,8 +263,15 @@ class WorldModel:
         """Adaptive delta (ALGORITHM.md 3.2): z = (a - mu)/sigma on the imagined pairs,
         log delta += delta_lr * (mean_dims std(z) - 1). Returns the z statistics and the new delta."""
         stats = action_z_stats(out, policy)
-        self.log_delta += self.config.delta_lr * (stats["action_z_std"] - 1.0)
+        self.adapt_delta(stats["action_z_std"])
         return {**stats, "delta": self.delta}
+
+    def adapt_delta(self, action_z_std: float) -> float:
+        """log delta += delta_lr * (action_z_std - 1) (ALGORITHM.md 3.2); a non-finite z std changes nothing.
+        Returns the new delta."""
+        if math.isfinite(action_z_std):
+            self.log_delta += self.config.delta_lr * (float(action_z_std) - 1.0)
+        return self.delta
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
