@@ -7,7 +7,6 @@ runners sample, the world model trains while PPO updates): the counters must not
 baseline runs through the same harness.
 """
 
-import pathlib
 
 import numpy as np
 import pytest
@@ -16,19 +15,10 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.integration
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENV_STEPS_PER_ITER = 200  # train_batch_size_per_learner
 PREFILL = 300
 RATIO = 0.5
 BATCH, HORIZON = 16, 4
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
 
 
 def tiny_config():

@@ -5,7 +5,6 @@ trainer imagining the whole request (K = 1) and two `ImaginationActor`s fed its 
 produce bit-identical windows, log-probs and counts. Then a tiny AGD run with num_workers=2 keeps the counters.
 """
 
-import pathlib
 
 import gymnasium as gym
 import numpy as np
@@ -15,17 +14,8 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.integration
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 D_S, D_A, H = 4, 1, 4
 BATCH, UNIT = 16, 4
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
 
 
 def _replay_with_data():

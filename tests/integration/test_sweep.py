@@ -16,14 +16,6 @@ pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
-
-
 def test_smoke_sweep_end_to_end(tmp_path, local_ray):
     from agd_ray.sweep import SUMMARY_COLUMNS, load_sweep, run_sweep
 
