@@ -14,12 +14,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.utils.annotations import override
 
 from agd_ray.envs.core import validate_env_id
-from agd_ray.world_model.config import GuideConfig, WorldModelConfig
-
-
-def _check(name: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+from agd_ray.world_model.config import GuideConfig, WorldModelConfig, check_field as _check
 
 
 @dataclass(frozen=True)

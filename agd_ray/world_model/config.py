@@ -16,12 +16,12 @@ GRAD_WRT = ("x0", "xt")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
-def _check_choice(name: str, value, allowed) -> None:
+def check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
 
 
-def _check(name: str, value, ok: bool, allowed: str) -> None:
+def check_field(name: str, value, ok: bool, allowed: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
 
@@ -73,29 +73,29 @@ class WorldModelConfig(_Config):
     def __post_init__(self) -> None:
         if self.sampling_steps is None:
             object.__setattr__(self, "sampling_steps", self.diffusion_steps)
-        _check("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 2, "an integer >= 2")
+        check_field("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 2, "an integer >= 2")
         for name in ("hidden_dim", "num_layers", "diffusion_steps", "batch_size", "ema_every", "fourier_features"):
             value = getattr(self, name)
-            _check(name, value, isinstance(value, int) and value >= 1, "an integer >= 1")
-        _check(
+            check_field(name, value, isinstance(value, int) and value >= 1, "an integer >= 1")
+        check_field(
             "sampling_steps",
             self.sampling_steps,
             isinstance(self.sampling_steps, int) and 1 <= self.sampling_steps <= self.diffusion_steps,
             f"an integer in [1, diffusion_steps={self.diffusion_steps}]",
         )
-        _check("tau", self.tau, self.tau > 0, "> 0")
-        _check("lr", self.lr, self.lr > 0, "> 0")
-        _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)")
-        _check("ema_start", self.ema_start, self.ema_start >= 0, ">= 0")
-        _check("grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0")
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check("clip_state_change", self.clip_state_change, self.clip_state_change > 0, "> 0")
-        _check("clip_last_steps", self.clip_last_steps, self.clip_last_steps >= 0, ">= 0")
-        _check("action_clamp_sigmas", self.action_clamp_sigmas, self.action_clamp_sigmas > 0, "> 0")
-        _check("delta_init", self.delta_init, self.delta_init > 0, "> 0")
-        _check("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
-        _check("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")
-        _check("return_gamma", self.return_gamma, 0 <= self.return_gamma <= 1, "in [0, 1]")
+        check_field("tau", self.tau, self.tau > 0, "> 0")
+        check_field("lr", self.lr, self.lr > 0, "> 0")
+        check_field("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)")
+        check_field("ema_start", self.ema_start, self.ema_start >= 0, ">= 0")
+        check_field("grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0")
+        check_choice("amp", self.amp, AMP_MODES)
+        check_field("clip_state_change", self.clip_state_change, self.clip_state_change > 0, "> 0")
+        check_field("clip_last_steps", self.clip_last_steps, self.clip_last_steps >= 0, ">= 0")
+        check_field("action_clamp_sigmas", self.action_clamp_sigmas, self.action_clamp_sigmas > 0, "> 0")
+        check_field("delta_init", self.delta_init, self.delta_init > 0, "> 0")
+        check_field("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
+        check_field("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")
+        check_field("return_gamma", self.return_gamma, 0 <= self.return_gamma <= 1, "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,16 @@ class GuideConfig(_Config):
     reward_t_stop: int = 2  # reward guide: no guidance in this many final reverse steps (Diffuser: 2)
 
     def __post_init__(self) -> None:
-        _check_choice("kind", self.kind, GUIDE_KINDS)
-        _check("temperature", self.temperature, self.temperature > 0 and not math.isnan(self.temperature), "> 0")
-        _check("scale", self.scale, self.scale >= 0 and math.isfinite(self.scale), "finite and >= 0")
-        _check_choice("scale_mode", self.scale_mode, SCALE_MODES)
-        _check_choice("advantage", self.advantage, ADVANTAGE_MODES)
-        _check_choice("grad_wrt", self.grad_wrt, GRAD_WRT)
-        _check("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
-        _check("lam", self.lam, 0 <= self.lam <= 1, "in [0, 1]")
-        _check("reward_guide_steps", self.reward_guide_steps, self.reward_guide_steps >= 1, ">= 1")
-        _check("reward_t_stop", self.reward_t_stop, self.reward_t_stop >= 0, ">= 0")
+        check_choice("kind", self.kind, GUIDE_KINDS)
+        check_field("temperature", self.temperature, self.temperature > 0 and not math.isnan(self.temperature), "> 0")
+        check_field("scale", self.scale, self.scale >= 0 and math.isfinite(self.scale), "finite and >= 0")
+        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
+        check_choice("advantage", self.advantage, ADVANTAGE_MODES)
+        check_choice("grad_wrt", self.grad_wrt, GRAD_WRT)
+        check_field("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
+        check_field("lam", self.lam, 0 <= self.lam <= 1, "in [0, 1]")
+        check_field("reward_guide_steps", self.reward_guide_steps, self.reward_guide_steps >= 1, ">= 1")
+        check_field("reward_t_stop", self.reward_t_stop, self.reward_t_stop >= 0, ">= 0")
 
     @property
     def enabled(self) -> bool:
