@@ -86,8 +86,9 @@ class AGD(PPO):
         if isinstance(config.env, str):
             register_recording_env(config.env)
         super().setup(config)
-        self._counters = {"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
-                          "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0}
+        # RLlib's own counters (a defaultdict: restored env runners, skipped evaluations) share the dict.
+        self._counters.update({"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
+                               "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0})
         self._replay = self._world_model = self._imagination = None
         self._pending_imagination = None  # ObjectRefs of the batch imagined with the current weights
         self._module_state = None  # (weights_seq_no, [ObjectRef]) of the learner's full module state
@@ -139,15 +140,32 @@ class AGD(PPO):
         self._connect_env_runners()
         self._push_weights_to_world_model()
 
-    def _connect_env_runners(self) -> None:
-        """Env runners stream to replay from now on (a new stream per connection, see AGDEnvRunner)."""
+    def _connect_env_runners(self, remote_worker_ids=None) -> None:
+        """Env runners stream to replay from now on (a new stream per connection, see AGDEnvRunner); with
+        `remote_worker_ids` only those (restarted) remote runners, under a new connection number."""
         replay, chunk_size = self._replay, self.config.replay_config.chunk_size
         connection = self._counters["replay_connections"]
         self.env_runner_group.foreach_env_runner(
             lambda runner: runner.connect_replay(replay, chunk_size=chunk_size, return_episodes=False,
                                                  connection=connection),
-            local_env_runner=True,
+            local_env_runner=remote_worker_ids is None,
+            remote_worker_ids=remote_worker_ids,
         )
+
+    def _reconnect_restarted_env_runners(self) -> None:
+        """A remote env runner that died was restarted by Ray (`restart_failed_env_runners`, RLlib's default)
+        as a fresh process, not connected to replay: connect it as a new stream (a new connection number, so
+        its chunk seq_no 0 is not refused as a duplicate of its predecessor's) and give it the current
+        weights. One round trip to the runners per iteration; a runner still restarting is waited for."""
+        streams = self.env_runner_group.foreach_env_runner(
+            lambda runner: (int(runner.worker_index), runner.replay_stream()), local_env_runner=False)
+        lost = sorted(index for index, stream in streams if stream is None)
+        if not lost:
+            return
+        self._counters["replay_connections"] += 1
+        self._counters["env_runner_reconnects"] += len(lost)
+        self._connect_env_runners(remote_worker_ids=lost)
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
     @contextlib.contextmanager
     def _phase(self, name: str):
@@ -197,6 +215,7 @@ class AGD(PPO):
     def _sample_real(self) -> None:
         """Phase 1: real env steps; uniformly random ones until `prefill_steps` are in replay."""
         with self._phase("agd_sample_real"):
+            self._reconnect_restarted_env_runners()
             prefill = self.config.replay_config.prefill_steps
             random_actions = self._counters["env_steps"] < prefill
             num_steps = self.config.total_train_batch_size
@@ -332,7 +351,9 @@ class AGD(PPO):
                                self._counters["imagined_transitions"], window=1)
         self.metrics.log_value(("agd", "env_steps_lifetime"), self._counters["env_steps"], window=1)
         self.metrics.log_value(("agd", "policy_updates"), self._counters["policy_updates"], window=1)
-        self.metrics.log_value(("replay", "size"), int(self._wait("replay", self._replay.size.remote())), window=1)
+        self.metrics.log_value(("agd", "env_runner_reconnects"), self._counters["env_runner_reconnects"], window=1)
+        for name, value in self._wait("replay", self._replay.metrics.remote()).items():  # replay/size, ...
+            self.metrics.log_value(tuple(name.split("/")), int(value), window=1)
         for name, seconds in self._phase_s.items():
             self.metrics.log_value(("agd", "phase_s", name), seconds, window=1)
         for name, seconds in self._wait_s.items():

@@ -60,6 +60,11 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         self._episode_ids, self._next_episode_number = {}, 0
         return self._stream_id
 
+    def replay_stream(self) -> int | None:
+        """The stream id this runner sends to replay under, or None if it is not connected (never connected,
+        or a fresh process that Ray restarted after a failure)."""
+        return self._stream_id if self._replay is not None else None
+
     def sample(self, *, random_actions: bool = False, **kwargs):
         """`SingleAgentEnvRunner.sample`, then stream the new transitions to replay (if connected)."""
         episodes = super().sample(random_actions=random_actions, **kwargs)
