@@ -5,7 +5,8 @@
 
 Every argument is checked before Ray starts: a bad one exits with status 2 and one line naming the value and
 what is allowed. `train` writes into --output: config.json, metrics.jsonl and metrics.csv (one row per
-iteration), TensorBoard events (tb/), checkpoint/ and learning_curve.png.
+iteration), TensorBoard events (tb/), checkpoint/ and learning_curve.png. `train --resume DIR` continues a run
+that was stopped or killed from DIR/checkpoint (see `resume_args`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from agd_ray.sweep import add_sweep_parser, sweep_main
 
 GUIDE_CHOICES = ("none", "sag", "eag", "reward", "model-free")
-PRESETS = ("cpu", "paper")
+PRESETS = ("cpu", "paper", "tiny")
 
 # Sizes per preset. `cpu`: small enough that `make run` (InvertedPendulum, 15k env steps) takes minutes on a
 # 2-core laptop. `paper`: ALGORITHM.md's sizes (needs a GPU for the world model).
@@ -37,6 +38,18 @@ PRESET_SETTINGS = {
         "num_env_runners": 1,
         "evaluation_interval": 5,
         "evaluation_episodes": 3,
+    },
+    # `tiny`: a smoke-test size (seconds per iteration on one core); for tests of the command line, not learning.
+    "tiny": {
+        "world_model": dict(horizon=4, hidden_dim=16, num_layers=1, diffusion_steps=8, sampling_steps=2,
+                            batch_size=8, ema_start=0, updates_per_env_step=0.5, pretrain_updates=0,
+                            batches_per_call=64, num_cpus=0),
+        "imagination": dict(batch_size=16, advantage_gain_windows=4, policy_updates_per_iteration=1),
+        "replay": dict(capacity=10_000, prefill_steps=300, chunk_size=100),
+        "training": dict(train_batch_size_per_learner=200, minibatch_size=32, num_epochs=1, lr=3e-4),
+        "num_env_runners": 0,
+        "evaluation_interval": 0,
+        "evaluation_episodes": 1,
     },
     "paper": {
         "world_model": dict(horizon=10, hidden_dim=1024, num_layers=6, diffusion_steps=128, sampling_steps=128,
@@ -84,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed of the whole run")
     train.add_argument("--output", default=None, help="output directory (default: runs/<env>-<guide>-<seed>)")
     train.add_argument("--preset", default=None,
-                       help="sizes: cpu (laptop) or paper (ALGORITHM.md sizes, GPU); default: paper if CUDA is present")
+                       help="sizes: cpu (laptop), paper (ALGORITHM.md sizes, GPU) or tiny (smoke tests); "
+                            "default: paper if CUDA is present")
     train.add_argument("--address", default=None,
                        help="join a running Ray cluster (e.g. 'auto'); default: start an embedded local Ray")
     train.add_argument("--num-env-runners", type=int, default=None, help="real env runners (default: preset)")
@@ -94,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate the mean action every this many iterations (0: never; default: preset)")
     train.add_argument("--checkpoint-every", type=int, default=0,
                        help="also checkpoint every this many iterations (0: only at the end)")
+    train.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue the run in DIR (an earlier --output) from DIR/checkpoint, with DIR/config.json's "
+                            "settings; only --env-steps, --checkpoint-every, --address and --num-cpus may be given")
 
     evaluate = commands.add_parser("evaluate", help="run the mean action of a checkpoint's policy (no Ray)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -111,6 +128,79 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- validation (no Ray, no actors) --------------------------------------------------------------------------
+# With --resume, these come from the command line; every other train setting from DIR/config.json.
+RESUME_FLAGS = ("env_steps", "checkpoint_every", "address", "num_cpus")
+CHECKPOINT_MARKER = "agd-ray-checkpoint.json"  # written last: a checkpoint without it is incomplete
+
+
+def resume_args(args):
+    """`train --resume DIR`: the run's own arguments (DIR/config.json) with --env-steps, --checkpoint-every,
+    --address and --num-cpus from the command line (if given); any other flag given is refused (UsageError)."""
+    directory = pathlib.Path(args.resume)
+    defaults = build_parser().parse_args(["train"])
+    given = [name for name, value in vars(args).items()
+             if name not in (*RESUME_FLAGS, "resume", "command") and value != getattr(defaults, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} cannot be given with --resume; the settings come from {directory / 'config.json'} "
+                         f"(only --env-steps, --checkpoint-every, --address and --num-cpus may be given)")
+    config_file = directory / "config.json"
+    try:
+        stored = json.loads(config_file.read_text())["args"]
+        if not isinstance(stored, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise UsageError(f"resume={str(directory)!r} has no {config_file}; give the --output of an earlier train") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{config_file} is unreadable or not written by this agd-ray train; cannot resume") from None
+    resumed = argparse.Namespace(**{**vars(defaults), **stored})
+    for name in RESUME_FLAGS:
+        if getattr(args, name) != getattr(defaults, name):
+            setattr(resumed, name, getattr(args, name))
+    resumed.output, resumed.resume, resumed.command = str(directory), str(directory), "train"
+    checkpoint_path(directory)  # refused now, before Ray starts
+    return resumed
+
+
+def checkpoint_path(directory: pathlib.Path) -> pathlib.Path:
+    """DIR/checkpoint if it is complete (else the previous one, DIR/checkpoint.old, if a save was killed
+    between its renames); raises UsageError naming the path otherwise."""
+    for candidate in (directory / "checkpoint", directory / "checkpoint.old"):
+        marker = candidate / CHECKPOINT_MARKER
+        if not candidate.exists() and candidate.name == "checkpoint" and (directory / "checkpoint.old").exists():
+            continue
+        if not candidate.is_dir():
+            raise UsageError(f"no checkpoint at {candidate}; nothing to resume from")
+        try:
+            json.loads(marker.read_text())["env_steps"]
+            json.loads((candidate / "agd" / "counters.json").read_text())["env_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"checkpoint {candidate} is incomplete or corrupt (no valid {CHECKPOINT_MARKER} or "
+                             f"agd/counters.json); cannot resume") from None
+        if not (candidate / MODULE_SUBDIR).is_dir():
+            raise UsageError(f"checkpoint {candidate} is incomplete or corrupt (no {MODULE_SUBDIR}); cannot resume")
+        return candidate
+    raise UsageError(f"no checkpoint at {directory / 'checkpoint'}; nothing to resume from")
+
+
+def save_checkpoint(algo, output: pathlib.Path, row: dict) -> pathlib.Path:
+    """Save to OUTPUT/checkpoint.tmp, mark it complete, then swap it in (the previous one is checkpoint.old
+    until the swap is done): a driver killed mid-save leaves a complete checkpoint to resume from."""
+    import shutil
+
+    final, tmp, old = output / "checkpoint", output / "checkpoint.tmp", output / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp.resolve()))
+    (tmp / CHECKPOINT_MARKER).write_text(json.dumps(
+        {"iteration": int(row.get("iteration") or 0), "env_steps": int(row.get("env_steps") or 0)}))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def check_train_args(args) -> dict:
     """Every train argument checked; returns the resolved settings or raises UsageError (one line)."""
     from agd_ray.envs.core import validate_env_id
@@ -285,18 +375,72 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _read_rows(path: pathlib.Path) -> list[dict]:
+    """metrics.csv rows of an earlier (resumed) run, for the learning curve."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                rows.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k in ROW_KEYS
+                             or k == "wall_s"})
+            except (TypeError, ValueError):
+                pass  # a row cut short by the kill
+    return rows
+
+
+def _truncate_metrics(output: pathlib.Path, iteration: int) -> list[dict]:
+    """A resumed run redoes the iterations after its checkpoint: their rows (logged before the driver died,
+    after the last save) are dropped from metrics.jsonl and metrics.csv; returns the csv rows kept."""
+    jsonl = output / "metrics.jsonl"
+    if jsonl.is_file():
+        lines = [line for line in jsonl.read_text().splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("training_iteration", 0) <= iteration:
+                    kept.append(line)
+            except ValueError:
+                pass  # a line cut short by the kill
+        tmp = jsonl.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, jsonl)
+    rows = [r for r in _read_rows(output / "metrics.csv") if (r.get("iteration") or 0) <= iteration]
+    tmp = output / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(ROW_KEYS) + ["wall_s"], extrasaction="ignore")
+        table.writeheader()
+        table.writerows(rows)
+    os.replace(tmp, output / "metrics.csv")
+    return rows
+
+
 def train(args) -> int:
+    resuming = args.resume is not None
+    if resuming:
+        args = resume_args(args)
     resolved = check_train_args(args)
     output: pathlib.Path = resolved["output"]
     config = build_config(args, resolved)  # RLlib's own validation runs in build_algo below
     output.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        _write_config(args, resolved, config, output)
+    return _run_training(args, resolved, config, output, resuming)
+
+
+def _write_config(args, resolved, config, output: pathlib.Path) -> None:
+    stored = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    stored["preset"] = resolved["preset"]  # as resolved here (the default depends on CUDA)
     (output / "config.json").write_text(json.dumps(
-        {"argv": sys.argv[1:], "preset": resolved["preset"], "guide": args.guide, "env": args.env,
+        {"argv": sys.argv[1:], "args": stored, "preset": resolved["preset"], "guide": args.guide, "env": args.env,
          "seed": args.seed, "env_steps": args.env_steps, **config.flat_sections(),
          "ppo": {k: getattr(config, k) for k in ("lr", "gamma", "lambda_", "train_batch_size_per_learner",
                                                   "minibatch_size", "num_epochs", "num_env_runners")}},
         indent=2, default=str))
 
+
+def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) -> int:
     import ray
     from tensorboardX import SummaryWriter
 
@@ -305,16 +449,30 @@ def train(args) -> int:
     else:
         ray.init(num_cpus=args.num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    rows: list[dict] = []
+    rows: list[dict] = _read_rows(output / "metrics.csv") if resuming else []
     writer = SummaryWriter(str(output / "tb"))
     start = time.perf_counter()
     algo = config.build_algo()
+    if resuming:
+        try:
+            checkpoint = checkpoint_path(output)
+            algo.restore_from_path(str(checkpoint.resolve()))
+        except Exception as error:  # noqa: BLE001 - one line naming the checkpoint, exit status 2
+            algo.stop()
+            ray.shutdown()
+            raise UsageError(f"checkpoint {output / 'checkpoint'} could not be restored: "
+                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
+              f"env steps {algo._counters['env_steps']}", flush=True)
+        rows = _truncate_metrics(output, algo.iteration)
     print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']} "
           f"preset={resolved['preset']} seed={args.seed} -> {output}", flush=True)
     try:
-        with open(output / "metrics.jsonl", "w") as jsonl, open(output / "metrics.csv", "w", newline="") as csv_file:
+        mode = "a" if resuming else "w"  # a resumed run appends
+        with open(output / "metrics.jsonl", mode) as jsonl, open(output / "metrics.csv", mode, newline="") as csv_file:
             table = csv.DictWriter(csv_file, fieldnames=list(ROW_KEYS) + ["wall_s"])
-            table.writeheader()
+            if not resuming or csv_file.tell() == 0:
+                table.writeheader()
             while True:
                 result = algo.train()
                 row = result_row(result)
@@ -331,11 +489,11 @@ def train(args) -> int:
                       f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
                       f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  adv_gain {_fmt(row['advantage_gain'], '+.3f')}  "
                       f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
-                if args.checkpoint_every and int(row["iteration"] or 0) % args.checkpoint_every == 0:
-                    algo.save_to_path(str((output / "checkpoint").resolve()))
                 if step >= args.env_steps:
                     break
-        checkpoint = algo.save_to_path(str((output / "checkpoint").resolve()))
+                if args.checkpoint_every and int(row["iteration"] or 0) % args.checkpoint_every == 0:
+                    save_checkpoint(algo, output, row)
+        checkpoint = save_checkpoint(algo, output, row)
     finally:
         writer.close()
         if rows:
