@@ -6,7 +6,6 @@ stay, every real step is in replay exactly once, and no chunk of the new stream 
 """
 
 import os
-import pathlib
 import time
 
 import pytest
@@ -15,33 +14,12 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.integration
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def fault_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
-
 
 def tiny_config():
-    from agd_ray import AGDConfig
+    """test_agd's tiny run, with restarts that do not wait (RLlib's default delay is 60 s)."""
+    from test_agd import tiny_config as agd_tiny_config
 
-    return (AGDConfig()
-            .environment("InvertedPendulum-v5")
-            .env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5, rollout_fragment_length=50)
-            .fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=0.0)
-            .training(train_batch_size_per_learner=200, minibatch_size=32, num_epochs=1)
-            .rl_module(model_config={"fcnet_hiddens": [16, 16]})
-            .world_model(horizon=4, hidden_dim=16, num_layers=1, diffusion_steps=8, sampling_steps=2,
-                         batch_size=8, updates_per_env_step=0.5, pretrain_updates=0, num_cpus=0,
-                         batches_per_call=64)
-            .guidance(kind="sag", temperature=1.0)
-            .imagination(batch_size=16, advantage_gain_windows=4)
-            .replay(capacity=10_000, prefill_steps=300, chunk_size=100)
-            .debugging(seed=0))
+    return agd_tiny_config().fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=0.0)
 
 
 def counters(result: dict) -> dict:
@@ -69,7 +47,7 @@ def wait_for_pid(actor, timeout_s: float = 90.0) -> int:
             time.sleep(1.0)
 
 
-def test_killed_env_runner_is_restarted_and_reconnected(fault_ray):
+def test_killed_env_runner_is_restarted_and_reconnected(local_ray):
     algo = tiny_config().build_algo()
     try:
         history = [counters(algo.train())]
