@@ -134,9 +134,8 @@ def action_z_std(actions, action_dist_inputs) -> float:
 
     actions: [..., D_a]; action_dist_inputs: [..., 2 D_a]. nan when there are fewer than two pairs.
     """
+    from agd_ray.world_model.diagnostics import z_statistics
+
     act = torch.as_tensor(_numpy(actions), dtype=torch.float32)
     mean, log_std = torch.chunk(torch.as_tensor(_numpy(action_dist_inputs), dtype=torch.float32), 2, dim=-1)
-    z = ((act - mean) / log_std.exp()).reshape(-1, act.shape[-1])  # [N, D_a]
-    if z.shape[0] < 2:
-        return float("nan")
-    return z.std(dim=0).mean().item()
+    return z_statistics(act, mean, log_std.exp())["action_z_std"]

@@ -21,12 +21,17 @@ def action_z_stats(out: dict, policy: Policy) -> dict:
     action_z_std the mean over action dims of the (unbiased) std of z per dim. Ideal: 0 and 1.
     `WorldModel.adapt_policy_step` adapts delta from these same statistics.
     """
-    observations = torch.as_tensor(out["observations"])  # [B, H, D_s]
-    actions = torch.as_tensor(out["actions"])  # [B, H, D_a]
-    mean, std = policy(observations)  # [B, H, D_a] each
-    z = (actions - mean) / std  # [B, H, D_a]
-    z_std = z.reshape(-1, z.shape[-1]).std(dim=0).mean()
-    return {"action_z_mean": z.mean().item(), "action_z_std": z_std.item()}
+    mean, std = policy(torch.as_tensor(out["observations"]))  # [B, H, D_a] each
+    return z_statistics(torch.as_tensor(out["actions"]), mean, std)
+
+
+def z_statistics(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> dict:
+    """z = (a - mu) / sigma over all pairs (actions, mean, std: [..., D_a]): action_z_mean, and action_z_std,
+    the mean over action dims of the (unbiased) std of z per dim; nan with fewer than two pairs."""
+    z = ((actions - mean) / std).reshape(-1, actions.shape[-1])  # [N, D_a]
+    if z.shape[0] < 2:
+        return {"action_z_mean": z.mean().item() if z.numel() else float("nan"), "action_z_std": float("nan")}
+    return {"action_z_mean": z.mean().item(), "action_z_std": z.std(dim=0).mean().item()}
 
 
 @torch.no_grad()
