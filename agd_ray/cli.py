@@ -449,7 +449,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
     else:
         ray.init(num_cpus=args.num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    rows: list[dict] = _read_rows(output / "metrics.csv") if resuming else []
+    rows: list[dict] = []  # a resumed run's earlier rows come from _truncate_metrics below
     writer = SummaryWriter(str(output / "tb"))
     start = time.perf_counter()
     algo = config.build_algo()
@@ -480,10 +480,11 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 rows.append(row)
                 table.writerow(row)
                 csv_file.flush()
-                jsonl.write(json.dumps(_flat_scalars(result)) + "\n")
+                scalars = _flat_scalars(result)
+                jsonl.write(json.dumps(scalars) + "\n")
                 jsonl.flush()
                 step = int(row["env_steps"] or 0)
-                for name, value in _flat_scalars(result).items():
+                for name, value in scalars.items():
                     writer.add_scalar(name, value, step)
                 print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}  "
                       f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
@@ -538,10 +539,11 @@ def evaluate(args) -> int:
     import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.utils.spaces.space_utils import unsquash_action
 
     module = RLModule.from_checkpoint(str((resolved["checkpoint"] / MODULE_SUBDIR).resolve()))
     env = gym.make(resolved["env"])
-    low, high = env.action_space.low, env.action_space.high
+    act_dim = env.action_space.shape[0]
     returns = []
     for episode in range(args.episodes):
         obs, _ = env.reset(seed=args.seed + episode)
@@ -549,9 +551,9 @@ def evaluate(args) -> int:
         while not done:
             with torch.no_grad():
                 out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
-            mean = out[Columns.ACTION_DIST_INPUTS][0, : low.shape[0]].numpy()
+            mean = out[Columns.ACTION_DIST_INPUTS][0, :act_dim].numpy()
             # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
-            action = np.clip(low + (np.clip(mean, -1, 1) + 1.0) * 0.5 * (high - low), low, high)
+            action = unsquash_action(mean, env.action_space)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.utils.spaces.space_utils import normalize_action
 
 from agd_ray.envs.core import register_recording_env
 
@@ -112,8 +113,7 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         if random_actions and self.config.normalize_actions:
             # Random actions are drawn in env space; the policy (and so the world model) works in RLlib's
             # normalised action space [-1, 1], where the module's own samples live.
-            space = self.env.single_action_space
-            actions = (2.0 * (actions - space.low) / (space.high - space.low) - 1.0).astype(np.float32)
+            actions = normalize_action(actions, self.env.single_action_space).astype(np.float32)
         terminated = np.zeros(steps, dtype=bool)
         truncated = np.zeros(steps, dtype=bool)
         terminated[-1] = episode.is_terminated

@@ -104,6 +104,17 @@ def test_sigkilled_driver_resumes_from_checkpoint(tmp_path):
     assert env_steps[-1] >= target
     assert all(r["replay/size"] == r["agd/env_steps_lifetime"] for r in rows)  # replay came back whole
 
+    # The finished checkpoint evaluates (mean action, no Ray): the mean is that of the episodes, and the same
+    # seed gives the same returns.
+    evaluations = [subprocess.run([*AGD_RAY, "evaluate", str(out / "checkpoint"), "--episodes", "2", "--seed", "3"],
+                                  env=_env(), capture_output=True, text=True, timeout=60) for _ in range(2)]
+    assert all(e.returncode == 0 for e in evaluations), evaluations[0].stderr[-2000:]
+    lines = [e.stdout.strip().splitlines() for e in evaluations]
+    assert lines[0] == lines[1]
+    returns = [float(line.split("return ")[1]) for line in lines[0] if line.startswith("episode ")]
+    assert len(returns) == 2 and all(r >= 1 for r in returns)  # InvertedPendulum pays 1 per step alive
+    assert lines[0][-1].startswith(f"mean return {sum(returns) / 2:.1f} ")
+
     # A corrupt checkpoint is refused before Ray starts: exit 2, one line naming it.
     (out / "checkpoint" / "agd" / "counters.json").write_text("{not json")
     refused = subprocess.run([*AGD_RAY, "train", "--resume", str(out)], env=_env(), capture_output=True,
