@@ -396,12 +396,16 @@ class EnvStepStopper:
     def __init__(self, env_steps: int, max_iterations: int | None = None):
         self.env_steps, self.max_iterations = env_steps, max_iterations
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
+    def reached(self, result: dict) -> bool:
+        """Whether a trial with this latest result has reached the sweep's stop."""
         from agd_ray.cli import result_row
 
         steps = result_row(result)["env_steps"] or 0
-        iterations = result.get("training_iteration", 0)
+        iterations = result.get("training_iteration", 0) or 0
         return steps >= self.env_steps or (self.max_iterations is not None and iterations >= self.max_iterations)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.reached(result)
 
 
 # -- running ---------------------------------------------------------------------------------------------------
@@ -508,8 +512,7 @@ def summary_rows(results, spec: SweepSpec | None = None) -> list[dict]:
         row = result_row(last) if last else {}
         env_steps = int(row["env_steps"]) if row.get("env_steps") is not None else None
         iterations = last.get("training_iteration")
-        finished = spec is None or (env_steps or 0) >= spec.env_steps or (
-            spec.max_iterations is not None and (iterations or 0) >= spec.max_iterations)
+        finished = spec is None or EnvStepStopper(spec.env_steps, spec.max_iterations).reached(last)
         rows.append({
             "trial": last.get("trial_id") or pathlib.Path(str(result.path)).name,
             "method": config.get("sweep_method"),
