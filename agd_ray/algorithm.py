@@ -209,6 +209,7 @@ class AGD(PPO):
             if round_ + 1 < rounds:
                 self._request_imagination()  # the next update's batch, with the weights it will start from
         self._finish_world_model_training(training)
+        self._measure_quality()
         self._request_imagination()  # the next iteration's first batch, imagined while the env runners sample
         self._log_counters()
 
@@ -253,6 +254,28 @@ class AGD(PPO):
                 self.metrics.log_value(("world_model", "loss"), result["loss"], window=1)
                 self.metrics.log_value(("world_model", "replay_wait_s"), result["replay_wait_s"], window=1)
                 self.metrics.log_value(("world_model", "train_s"), result["train_s"], window=1)
+
+    def _measure_quality(self) -> None:
+        """World-model quality (ALGORITHM.md 7) every `imagination.quality_interval` iterations, on
+        `quality_windows` real windows from replay with the current model and weights (`WorldModelWorker.quality`);
+        logged under quality/ (open-loop MSE by step, guided and unguided, and action z statistics)."""
+        imagination = self.config.imagination_config
+        if not imagination.quality_interval or (self.iteration + 1) % imagination.quality_interval:
+            for name in getattr(self, "_quality_keys", ()):  # not measured this iteration: nan, not the last value
+                self.metrics.log_value(tuple(name.split("/")), float("nan"), window=1)
+            return
+        with self._phase("agd_quality"):
+            seed = int(self.config.seed or 0) * 1_000_003 + 500_009 + self.iteration
+            windows = self._replay.sample_windows.remote(
+                batch_size=imagination.quality_windows, horizon=self.config.world_model_config.horizon, seed=seed)
+            if self._imagination.workers:  # the trainer does not imagine for PPO: it has no current weights
+                seq_no, (ref,) = self._module_state
+                self._world_model.set_module_state.remote(ref, seq_no)
+            metrics = ray.get(self._world_model.quality.remote(
+                windows=windows, env_id=self.config.env, seed=seed, normalize_actions=self.config.normalize_actions))
+            self._quality_keys = tuple(metrics)
+            for name, value in metrics.items():
+                self.metrics.log_value(tuple(name.split("/")), value, window=1)
 
     def _request_imagination(self) -> None:
         """Phase 3 (start): imagine the next PPO update's batch from replay start states with the current

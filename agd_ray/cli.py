@@ -32,7 +32,8 @@ PRESET_SETTINGS = {
         "world_model": dict(horizon=10, hidden_dim=256, num_layers=2, diffusion_steps=64, sampling_steps=16,
                             batch_size=128, ema_start=500, updates_per_env_step=0.5, pretrain_updates=1000,
                             batches_per_call=16, num_cpus=0),
-        "imagination": dict(batch_size=256, advantage_gain_windows=32, policy_updates_per_iteration=2),
+        "imagination": dict(batch_size=256, advantage_gain_windows=32, policy_updates_per_iteration=2,
+                            quality_interval=5, quality_windows=32),
         "replay": dict(capacity=200_000, prefill_steps=1000),
         "training": dict(train_batch_size_per_learner=500, minibatch_size=256, num_epochs=5, lr=3e-4),
         "num_env_runners": 1,
@@ -54,7 +55,7 @@ PRESET_SETTINGS = {
     "paper": {
         "world_model": dict(horizon=10, hidden_dim=1024, num_layers=6, diffusion_steps=128, sampling_steps=128,
                             batch_size=256, updates_per_env_step=1.0, pretrain_updates=1000, num_gpus=1.0),
-        "imagination": dict(batch_size=1024),
+        "imagination": dict(batch_size=1024, quality_interval=10, quality_windows=64),
         "replay": dict(capacity=1_000_000, prefill_steps=5000),
         "training": dict(train_batch_size_per_learner=1024, minibatch_size=1024, num_epochs=5, lr=3e-4),
         "num_env_runners": 2,
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark from the source checkout's bench/ folder",
                                 description="Runs bench/NAME.py with the remaining arguments (see its --help). "
                                             "Benchmarks print a table and write JSON under bench/out/.")
-    bench.add_argument("name", help="imagination, guidance, throughput, ... (a file bench/NAME.py)")
+    bench.add_argument("name", help="imagination, guidance, throughput, sample-efficiency, ... (a file bench/NAME.py, '-' for '_')")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
@@ -307,6 +308,8 @@ ROW_KEYS = {
     "imagination_transitions_per_s": ("imagination", "transitions_per_s"),
     "action_z_std": ("imagination", "action_z_std"),
     "advantage_gain": ("guidance", "advantage_gain"),
+    "open_loop_mse_guided": ("quality", "open_loop_mse_guided"),
+    "open_loop_mse_unguided": ("quality", "open_loop_mse_unguided"),
     "replay_size": ("replay", "size"),
     "time_this_iter_s": ("time_this_iter_s",),
 }
@@ -568,11 +571,12 @@ def bench(args) -> int:
     import runpy
 
     folder = pathlib.Path(__file__).resolve().parent.parent / "bench"
-    available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")) if folder.is_dir() else []
-    if args.name not in available:
+    available = sorted(p.stem.replace("_", "-") for p in folder.glob("*.py")
+                       if not p.stem.startswith("_")) if folder.is_dir() else []
+    if args.name.replace("_", "-") not in available:
         where = f"choose one of {', '.join(available)}" if available else f"no bench/ folder at {folder}"
         raise UsageError(f"benchmark {args.name!r} not found; {where}")
-    sys.argv = [str(folder / f"{args.name}.py"), *args.bench_args]
+    sys.argv = [str(folder / f"{args.name.replace('-', '_')}.py"), *args.bench_args]
     runpy.run_path(sys.argv[0], run_name="__main__")
     return 0
 

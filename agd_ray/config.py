@@ -48,6 +48,8 @@ class ImaginationConfig:
     num_cpus_per_worker: float | None = None  # CPUs per imagination worker (K > 1); None: world_model.num_cpus
     policy_updates_per_iteration: int = 1  # imagine + PPO-update rounds per training iteration
     advantage_gain_windows: int = 64  # windows of the unguided twin batch for guidance/advantage_gain (0: off)
+    quality_interval: int = 0  # world-model quality (open-loop error, action z) every N iterations (0: off)
+    quality_windows: int = 32  # real windows from replay per quality measurement
 
     def __post_init__(self) -> None:
         _check("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
@@ -63,6 +65,10 @@ class ImaginationConfig:
             "an integer >= 1",
         )
         _check("advantage_gain_windows", self.advantage_gain_windows, self.advantage_gain_windows >= 0, ">= 0")
+        _check("quality_interval", self.quality_interval, int(self.quality_interval) == self.quality_interval >= 0,
+               "an integer >= 0")
+        _check("quality_windows", self.quality_windows, int(self.quality_windows) == self.quality_windows >= 1,
+               "an integer >= 1")
 
     def worker_resources(self, training: "WorldModelTrainingConfig") -> dict:
         """Ray resources of one imagination worker (only used when num_workers > 1)."""

@@ -238,6 +238,47 @@ class WorldModelWorker:
         out["weights_seq_no"] = self.weights_seq_no
         return out
 
+    def quality(self, *, windows, env_id: str, seed: int, normalize_actions: bool = True) -> dict:
+        """World-model quality on real windows from replay (ALGORITHM.md 7), with the current EMA model, policy
+        and critic: windows imagined from the windows' start states with this worker's guide ("guided") and
+        without state guidance ("unguided"; PolyGRAD action guidance in both), each replayed open loop in the
+        simulator from the true start state (`diagnostics.open_loop_error`), and the action z statistics.
+
+        windows: `ReplayBuffer.sample_windows` output (observations [B, H, D_s], qpos, qvel; or an ObjectRef).
+        The module acts in [-1, 1] when `normalize_actions` (RLlib's default): actions are mapped onto the env's
+        bounds before they are replayed. Returns flat metrics `quality/<name>` (scalars): open-loop MSE per step
+        `open_loop_mse_<guided|unguided>_by_step/h<h>` (h >= 1), its mean over steps, and `action_z_mean_*`/`action_z_std_*`.
+        """
+        from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+        from agd_ray.imagination import make_critic, make_policy
+        from agd_ray.world_model.config import GuideConfig
+        from agd_ray.world_model.diagnostics import action_z_stats, open_loop_error
+
+        windows = _resolve(windows)
+        start = _start_observations(windows["observations"][:, 0])
+        if getattr(self, "_quality_env", (None,))[0] != env_id:
+            import gymnasium as gym
+
+            self._quality_env = (env_id, gym.make(env_id))
+        env = self._quality_env[1]
+        policy, critic = make_policy(self.module), make_critic(self.module)
+        metrics = {}
+        for name, guide in (("guided", self.guide), ("unguided", GuideConfig(kind="none"))):
+            generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
+            out = self.model.imagine(start, policy=policy, critic=critic, guide=guide, generator=generator)
+            actions = out["actions"].detach().cpu().numpy().astype(np.float64)  # [B, H, D_a]
+            if normalize_actions:
+                actions = unsquash_action(actions, env.action_space)
+            error = open_loop_error(env, windows["qpos"], windows["qvel"], actions, out["observations"])  # [H]
+            for h in range(1, len(error)):
+                metrics[f"quality/open_loop_mse_{name}_by_step/h{h}"] = float(error[h])
+            metrics[f"quality/open_loop_mse_{name}"] = float(np.nanmean(error[1:]))
+            z = action_z_stats(out, policy)
+            metrics[f"quality/action_z_mean_{name}"] = z["action_z_mean"]
+            metrics[f"quality/action_z_std_{name}"] = z["action_z_std"]
+        return metrics
+
     def adapt_delta(self, *, action_z_std: float) -> float:
         """Adaptive delta (ALGORITHM.md 3.2), once per merged imagined batch, with z_std measured by the caller
         (`WorldModel.adapt_delta`). Returns the new log delta."""

@@ -33,7 +33,7 @@ def tiny_config():
                          batch_size=8, updates_per_env_step=RATIO, pretrain_updates=0, num_cpus=0,
                          batches_per_call=64)
             .guidance(kind="sag", temperature=1.0)
-            .imagination(batch_size=BATCH, advantage_gain_windows=4)
+            .imagination(batch_size=BATCH, advantage_gain_windows=4, quality_interval=2, quality_windows=4)
             .replay(capacity=10_000, prefill_steps=PREFILL, chunk_size=100)
             .debugging(seed=0))
 
@@ -51,6 +51,7 @@ def counters(result: dict) -> dict:
         "imagination_seq_no": int(result["imagination"]["weights_seq_no"]),
         "policy_updates": int(result["agd"]["policy_updates"]),
         "prefetched": int(result["imagination"]["prefetched"]),
+        "quality": {k: float(v) for k, v in result.get("quality", {}).items() if not isinstance(v, dict)},
     }
 
 
@@ -84,6 +85,13 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
         assert [c["policy_updates"] for c in history] == [1, 2, 3]
         # the first batch is imagined after pretraining; later ones were in flight from the previous iteration
         assert [c["prefetched"] for c in history] == [0, 1, 1]
+        # world-model quality (quality_interval=2): measured in iteration 2 only, open loop guided and unguided
+        measured = [bool(c["quality"]) and all(np.isfinite(list(c["quality"].values()))) for c in history]
+        assert measured == [False, True, False]
+        quality = history[1]["quality"]
+        assert {"open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided",
+                "action_z_std_unguided"} <= set(quality)
+        assert quality["open_loop_mse_guided"] >= 0 and quality["open_loop_mse_unguided"] >= 0
         checkpoint = algo.save_to_path(str(tmp_path / "checkpoint"))
         saved = history[-1]
         pending = ray.get(algo._pending_imagination)  # the next update's batch, in flight at save time
