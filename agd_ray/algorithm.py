@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import pathlib
 import time
 
@@ -56,6 +58,10 @@ _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the lo
 # Driver time blocked on actors, per iteration: agd/wait_s/<name> (all of it) and agd/transfer_s/<name> (after
 # the actor had finished: moving results or weights); bench/throughput.py reports their share of the wall-clock.
 _WAITS = ("imagination", "world_model", "weights", "replay")
+# What a dead actor looks like to the driver: the call itself (RayActorError), a call that depended on it
+# (RayTaskError, ObjectLostError). `AGD._recover_actors` tells a death from a plain error by asking the actors.
+_ACTOR_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.exceptions.ObjectLostError)
+logger = logging.getLogger(__name__)
 
 
 class AGD(PPO):
@@ -88,7 +94,9 @@ class AGD(PPO):
         super().setup(config)
         # RLlib's own counters (a defaultdict: restored env runners, skipped evaluations) share the dict.
         self._counters.update({"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
-                               "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0})
+                               "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0,
+                               "world_model_restarts": 0, "replay_restarts": 0, "imagination_worker_restarts": 0,
+                               "replay_lost_transitions": 0})
         self._replay = self._world_model = self._imagination = None
         self._pending_imagination = None  # ObjectRefs of the batch imagined with the current weights
         self._module_state = None  # (weights_seq_no, [ObjectRef]) of the learner's full module state
@@ -99,7 +107,7 @@ class AGD(PPO):
         if not self.config.model_based:
             return
         from agd_ray.replay.actor import ReplayActor
-        from agd_ray.world_model.actor import ImaginationActor, ImaginationPool, WorldModelActor
+        from agd_ray.world_model.actor import ImaginationPool
 
         self._observation_space, self._action_space = self.env_runner_group.get_spaces()[INPUT_ENV_SINGLE_SPACES]
         obs_dim = int(np.prod(self._observation_space.shape))
@@ -108,10 +116,9 @@ class AGD(PPO):
         qpos_dim, qvel_dim = int(probe.unwrapped.model.nq), int(probe.unwrapped.model.nv)
         probe.close()
         seed = int(self.config.seed or 0)
-        self._replay = ReplayActor.as_remote(num_cpus=0).remote(
-            obs_dim=obs_dim, act_dim=act_dim, qpos_dim=qpos_dim, qvel_dim=qvel_dim,
-            capacity=self.config.replay_config.capacity, seed=seed,
-        )
+        self._replay_kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, qpos_dim=qpos_dim, qvel_dim=qvel_dim,
+                                   capacity=self.config.replay_config.capacity, seed=seed)
+        self._replay = ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
         training = self.config.world_model_training
         model = dict(
             obs_dim=obs_dim,
@@ -126,19 +133,29 @@ class AGD(PPO):
             seed=seed,
             torch_threads=training.torch_threads,
         )
-        self._world_model = WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus).remote(
-            replay=self._replay, batches_per_call=training.batches_per_call,
-            device="cuda" if training.num_gpus > 0 else "cpu", **model)
+        self._model_kwargs = model
+        self._world_model = self._make_world_model()
         imagination = self.config.imagination_config
-        workers = []
-        if imagination.num_workers > 1:
-            resources = imagination.worker_resources(training)
-            workers = [ImaginationActor.options(**resources).remote(
-                device="cuda" if resources["num_gpus"] > 0 else "cpu", **model)
-                for _ in range(imagination.num_workers)]
+        workers = [self._make_imagination_worker() for _ in range(imagination.num_workers)
+                   if imagination.num_workers > 1]
         self._imagination = ImaginationPool(self._world_model, workers, unit_size=imagination.unit_size)
         self._connect_env_runners()
         self._push_weights_to_world_model()
+
+    def _make_world_model(self):
+        from agd_ray.world_model.actor import WorldModelActor
+
+        training = self.config.world_model_training
+        return WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus).remote(
+            replay=self._replay, batches_per_call=training.batches_per_call,
+            device="cuda" if training.num_gpus > 0 else "cpu", **self._model_kwargs)
+
+    def _make_imagination_worker(self):
+        from agd_ray.world_model.actor import ImaginationActor
+
+        resources = self.config.imagination_config.worker_resources(self.config.world_model_training)
+        return ImaginationActor.options(**resources).remote(
+            device="cuda" if resources["num_gpus"] > 0 else "cpu", **self._model_kwargs)
 
     def _connect_env_runners(self, remote_worker_ids=None) -> None:
         """Env runners stream to replay from now on (a new stream per connection, see AGDEnvRunner); with
@@ -210,6 +227,7 @@ class AGD(PPO):
                 self._request_imagination()  # the next update's batch, with the weights it will start from
         self._finish_world_model_training(training)
         self._measure_quality()
+        self._snapshot_actors()
         self._request_imagination()  # the next iteration's first batch, imagined while the env runners sample
         self._log_counters()
 
@@ -241,13 +259,22 @@ class AGD(PPO):
             target = max(int(training.updates_per_env_step * self._counters["env_steps"]),
                          training.pretrain_updates)
             due = target - self._counters["world_model_updates"]
-            return self._world_model.train.remote(num_updates=due), due
+            return self._world_model.train.remote(num_updates=due), due, self._world_model
 
     def _finish_world_model_training(self, training) -> None:
         """Phase 2 (end): wait for the training call; the update count is exact from here on."""
-        pending, due = training
         with self._phase("agd_world_model_wait"):
-            result = self._wait("world_model", pending)
+            while True:
+                pending, due, trainer = training
+                if trainer is not self._world_model:  # recreated since the call was made: make it again
+                    training = self._start_world_model_training()
+                    continue
+                try:
+                    result = self._wait("world_model", pending)
+                    break
+                except _ACTOR_ERRORS as error:  # an actor died: recreated from its snapshot, the call made again
+                    self._recover_actors(error)
+                    training = self._start_world_model_training()
             self._counters["world_model_updates"] = int(result["num_updates"])
             if due > 0:
                 self._imagination.model_changed()  # imagination workers get the new EMA weights next request
@@ -271,8 +298,13 @@ class AGD(PPO):
             if self._imagination.workers:  # the trainer does not imagine for PPO: it has no current weights
                 seq_no, (ref,) = self._module_state
                 self._world_model.set_module_state.remote(ref, seq_no)
-            metrics = ray.get(self._world_model.quality.remote(
-                windows=windows, env_id=self.config.env, seed=seed, normalize_actions=self.config.normalize_actions))
+            try:
+                metrics = ray.get(self._world_model.quality.remote(
+                    windows=windows, env_id=self.config.env, seed=seed,
+                    normalize_actions=self.config.normalize_actions))
+            except _ACTOR_ERRORS as error:  # not measured this time
+                self._recover_actors(error)
+                return
             self._quality_keys = tuple(metrics)
             for name, value in metrics.items():
                 self.metrics.log_value(tuple(name.split("/")), value, window=1)
@@ -294,11 +326,16 @@ class AGD(PPO):
         from agd_ray.world_model.actor import ImaginationPool
 
         with self._phase("agd_imagine"):
-            prefetched = self._pending_imagination is not None
-            if not prefetched:
-                self._request_imagination()
-            refs, self._pending_imagination = self._pending_imagination, None
-            out = ImaginationPool.merge(self._wait("imagination", refs))
+            while True:
+                prefetched = self._pending_imagination is not None
+                if not prefetched:
+                    self._request_imagination()
+                refs, self._pending_imagination = self._pending_imagination, None
+                try:
+                    out = ImaginationPool.merge(self._wait("imagination", refs))
+                    break
+                except _ACTOR_ERRORS as error:  # recreated from snapshots; the batch is imagined again
+                    self._recover_actors(error)
             if out["weights_seq_no"] != self._module_state[0]:  # PPO's ratio needs the version it starts from
                 raise RuntimeError(f"imagined with weights_seq_no={out['weights_seq_no']}, but the learner is at "
                                    f"{self._module_state[0]}")
@@ -375,7 +412,15 @@ class AGD(PPO):
         self.metrics.log_value(("agd", "env_steps_lifetime"), self._counters["env_steps"], window=1)
         self.metrics.log_value(("agd", "policy_updates"), self._counters["policy_updates"], window=1)
         self.metrics.log_value(("agd", "env_runner_reconnects"), self._counters["env_runner_reconnects"], window=1)
-        for name, value in self._wait("replay", self._replay.metrics.remote()).items():  # replay/size, ...
+        for name in ("world_model_restarts", "replay_restarts", "imagination_worker_restarts"):
+            self.metrics.log_value(("agd", name), self._counters[name], window=1)
+        self.metrics.log_value(("replay", "lost_transitions"), self._counters["replay_lost_transitions"], window=1)
+        try:
+            replay_metrics = self._wait("replay", self._replay.metrics.remote())
+        except _ACTOR_ERRORS as error:
+            self._recover_actors(error)
+            replay_metrics = self._wait("replay", self._replay.metrics.remote())
+        for name, value in replay_metrics.items():  # replay/size, ...
             self.metrics.log_value(tuple(name.split("/")), int(value), window=1)
         for name, seconds in self._phase_s.items():
             self.metrics.log_value(("agd", "phase_s", name), seconds, window=1)
@@ -383,6 +428,94 @@ class AGD(PPO):
             self.metrics.log_value(("agd", "wait_s", name), seconds, window=1)
             self.metrics.log_value(("agd", "transfer_s", name), self._transfer_s[name], window=1)
         self.metrics.log_value(("imagination", "prefetched"), self._prefetched, window=1)
+
+    # -- the run's own actors: snapshots and restarts -------------------------------------------------------
+    def _snapshot_dir(self) -> pathlib.Path:
+        configured = self.config.recovery_config.snapshot_dir
+        return pathlib.Path(configured) if configured else pathlib.Path(self.logdir) / "actor_snapshots"
+
+    def _snapshot_actors(self) -> None:
+        """Every `recovery.snapshot_interval` iterations: replay (written by the replay actor, atomically, with
+        its checksum) and the world model (weights, EMA, optimiser, normaliser, delta; written here, atomically)
+        to `_snapshot_dir()`, for `_recover_actors`."""
+        interval = self.config.recovery_config.snapshot_interval
+        if not interval or (self.iteration + 1) % interval:
+            return
+        with self._phase("agd_snapshot"):
+            directory = self._snapshot_dir()
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                replay = self._replay.save.remote(str((directory / "replay").resolve()))
+                save_atomic(ray.get(self._world_model.get_state.remote()), directory / "world_model.pt")
+                ray.get(replay)
+            except _ACTOR_ERRORS as error:  # the previous snapshot stays the latest
+                self._recover_actors(error)
+
+    def _recover_actors(self, error: Exception) -> None:
+        """After `error` from an actor call: recreate whichever of the replay actor, the world-model trainer and
+        the imagination workers died, from the latest snapshots; re-raise `error` if none did (a plain error),
+        and fail once an actor has died more than `recovery.max_actor_restarts` times. What replay lost (the
+        transitions since its snapshot, and those sent while it was down) is counted in replay/lost_transitions;
+        the world model repeats the updates since its snapshot (the update ratio is kept from the restored count)."""
+        from agd_ray.world_model.actor import ImaginationPool
+
+        dead = {name for name, actor in (("replay", self._replay), ("world_model", self._world_model))
+                if not _alive(actor)}
+        dead_workers = [i for i, worker in enumerate(self._imagination.workers) if not _alive(worker)]
+        if not dead and not dead_workers:
+            raise error
+        limit = self.config.recovery_config.max_actor_restarts
+        for name in sorted(dead) + ["imagination_worker"] * bool(dead_workers):
+            if self._counters[f"{name}_restarts"] >= limit:
+                raise RuntimeError(f"the {name} actor died after {self._counters[f'{name}_restarts']} restarts; "
+                                   f"recovery.max_actor_restarts={limit}") from error
+        logger.warning("agd: actors died (%s); recreating them from %s", ", ".join(
+            sorted(dead) + [f"imagination worker {i}" for i in dead_workers]), self._snapshot_dir())
+        if "replay" in dead:
+            self._restore_replay()
+        if "world_model" in dead:
+            self._restore_world_model()
+        elif "replay" in dead:
+            self._world_model.set_replay.remote(self._replay)
+        workers = list(self._imagination.workers)
+        for i in dead_workers:
+            workers[i] = self._make_imagination_worker()
+            self._counters["imagination_worker_restarts"] += 1
+        self._imagination = ImaginationPool(self._world_model, workers, unit_size=self._imagination.unit_size)
+        self._pending_imagination = None  # imagined again, by the new actors, from the restored replay
+        # a training call cut short by a dying replay may have done part of its updates
+        self._counters["world_model_updates"] = int(ray.get(self._world_model.counters.remote())["num_updates"])
+
+    def _restore_replay(self) -> None:
+        """A new replay actor with the latest snapshot's contents (empty without one; a corrupt one is refused
+        and not loaded), and every env runner connected to it as a new stream."""
+        from agd_ray.replay.actor import ReplayActor
+
+        self._counters["replay_restarts"] += 1
+        self._replay = ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
+        snapshot = (self._snapshot_dir() / "replay").resolve()
+        if snapshot.is_dir():
+            try:
+                ray.get(self._replay.restore.remote(str(snapshot)))
+            except ray.exceptions.RayTaskError as error:
+                logger.error("agd: replay snapshot %s refused, starting empty: %s", snapshot, error.cause)
+        num_added = int(ray.get(self._replay.metrics.remote())["replay/num_added"])
+        self._counters["replay_lost_transitions"] = self._counters["env_steps"] - num_added
+        self._counters["replay_connections"] += 1
+        self._connect_env_runners()
+
+    def _restore_world_model(self) -> None:
+        """A new world-model trainer with the latest snapshot's state (a fresh model without one) and the
+        learner's current policy and critic."""
+        import torch
+
+        self._counters["world_model_restarts"] += 1
+        self._world_model = self._make_world_model()
+        path = self._snapshot_dir() / "world_model.pt"
+        if path.is_file():
+            ray.get(self._world_model.set_state.remote(torch.load(path, map_location="cpu", weights_only=True)))
+        seq_no, (ref,) = self._module_state
+        self._world_model.set_module_state.remote(ref, seq_no)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     @override(PPO)
@@ -395,9 +528,7 @@ class AGD(PPO):
         extra.mkdir(parents=True, exist_ok=True)
         (extra / "counters.json").write_text(json.dumps(self._counters))
         if self.config.model_based:
-            import torch
-
-            torch.save(ray.get(self._world_model.get_state.remote()), extra / "world_model.pt")
+            save_atomic(ray.get(self._world_model.get_state.remote()), extra / "world_model.pt")
             ray.get(self._replay.save.remote(str((extra / "replay").resolve())))
         return path
 
@@ -429,3 +560,26 @@ class AGD(PPO):
             if actor is not None:
                 ray.kill(actor)
         super().cleanup()
+
+
+def _alive(actor) -> bool:
+    """Whether an actor answers (a busy one counts as alive)."""
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=60)
+        return True
+    except ray.exceptions.RayActorError:
+        return False
+    except ray.exceptions.GetTimeoutError:
+        return True
+
+
+def save_atomic(state: dict, path: pathlib.Path) -> None:
+    """`torch.save` to a temporary file beside `path`, flushed to disk, then renamed over it."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)

@@ -91,12 +91,32 @@ class ReplayConfig:
         _check("chunk_size", self.chunk_size, self.chunk_size >= 1, "an integer >= 1")
 
 
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Restarting the run's own actors (issue 6): the world-model trainer and the replay actor are snapshotted
+    every `snapshot_interval` iterations; one that dies is recreated from its latest snapshot, and the
+    requests that failed with it are made again. (Env runners are RLlib's: `fault_tolerance()`.)"""
+
+    snapshot_interval: int = 10  # iterations between snapshots of the world model and replay (0: never)
+    snapshot_dir: str | None = None  # where (reachable from the replay actor's node); None: <trial logdir>/actor_snapshots
+    max_actor_restarts: int = 3  # restarts per actor per run before the run fails with the actor's error
+
+    def __post_init__(self) -> None:
+        _check("snapshot_interval", self.snapshot_interval,
+               int(self.snapshot_interval) == self.snapshot_interval >= 0, "an integer >= 0")
+        _check("snapshot_dir", self.snapshot_dir, self.snapshot_dir is None or (
+            isinstance(self.snapshot_dir, str) and bool(self.snapshot_dir)), "None or a non-empty path")
+        _check("max_actor_restarts", self.max_actor_restarts,
+               int(self.max_actor_restarts) == self.max_actor_restarts >= 0, "an integer >= 0")
+
+
 # section name (method and dotted-key prefix) -> attribute holding the frozen dataclass(es)
 _SECTIONS = {
     "world_model": ("world_model_config", "world_model_training"),
     "guidance": ("guide_config",),
     "imagination": ("imagination_config",),
     "replay": ("replay_config",),
+    "recovery": ("recovery_config",),
 }
 
 
@@ -118,6 +138,7 @@ class AGDConfig(PPOConfig):
         self.guide_config = GuideConfig(kind="sag")
         self.imagination_config = ImaginationConfig()
         self.replay_config = ReplayConfig()
+        self.recovery_config = RecoveryConfig()
         self.model_based = True
         # ALGORITHM.md section 4: gamma 0.99, GAE lambda 0.9, 2x256 MLPs (RLlib's default net).
         self.gamma = 0.99
@@ -161,6 +182,11 @@ class AGDConfig(PPOConfig):
     def replay(self, **kwargs) -> "AGDConfig":
         """Fields of `ReplayConfig`: capacity, prefill_steps, chunk_size."""
         self.replay_config = _replace_checked("replay", self.replay_config, kwargs)
+        return self
+
+    def recovery(self, **kwargs) -> "AGDConfig":
+        """Fields of `RecoveryConfig`: snapshot_interval, snapshot_dir, max_actor_restarts."""
+        self.recovery_config = _replace_checked("recovery", self.recovery_config, kwargs)
         return self
 
     def model_free(self, enabled: bool = True) -> "AGDConfig":

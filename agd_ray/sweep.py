@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import math
 import os
 import pathlib
 import sys
@@ -69,7 +68,6 @@ RESOURCE_KEYS = {
 # fields whose check depends on another field: checked per trial, with the whole config
 CROSS_FIELD_KEYS = {"world_model.sampling_steps", "world_model.diffusion_steps"}
 MODEL_FREE = "model_free"  # method key: plain PPO on real data (AGDConfig.model_free())
-EVAL_RETURN = ("evaluation", "env_runners", "episode_return_mean")
 TRAIN_RETURN = ("env_runners", "episode_return_mean")
 SUMMARY_FILES = ("summary.csv", "summary.md", "return_vs_temperature.png")
 SUMMARY_COLUMNS = ("trial", "method", "guide", "temperature", "seed", "final_eval_return", "best_eval_return",
@@ -78,11 +76,11 @@ SUMMARY_COLUMNS = ("trial", "method", "guide", "temperature", "seed", "final_eva
 
 def _section_types() -> dict[str, tuple]:
     """Dotted key -> (type hint, section dataclass) for every AGDConfig section field."""
-    from agd_ray.config import ImaginationConfig, ReplayConfig, WorldModelTrainingConfig
+    from agd_ray.config import ImaginationConfig, RecoveryConfig, ReplayConfig, WorldModelTrainingConfig
     from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 
     sections = {"world_model": (WorldModelConfig, WorldModelTrainingConfig), "guidance": (GuideConfig,),
-                "imagination": (ImaginationConfig,), "replay": (ReplayConfig,)}
+                "imagination": (ImaginationConfig,), "replay": (ReplayConfig,), "recovery": (RecoveryConfig,)}
     types = {}
     for prefix, classes in sections.items():
         for cls in classes:
@@ -218,7 +216,7 @@ class SweepSpec:
 
         base = self.base_config()
         section_attrs = {"world_model_config", "world_model_training", "guide_config", "imagination_config",
-                         "replay_config"}
+                         "replay_config", "recovery_config"}
         space = {k: v for k, v in base.to_dict().items() if k not in section_attrs}
         space.update(base.flat_sections())
         settings = {name: _to_config_keys(_method_settings(m)) for name, m in self.methods.items()}
@@ -493,6 +491,37 @@ def _nested(result: dict, path: tuple):
     return _lookup(result, path)
 
 
+def trial_history(trial_dir) -> list[dict]:
+    """Every result a trial reported, from its `result.json` (one JSON object per line), the last one per
+    training iteration (a trial restored from a checkpoint reports the iterations after it again). Not
+    progress.csv: Tune fixes its columns at the first result, which has no evaluation yet."""
+    import json
+
+    path = pathlib.Path(str(trial_dir)) / "result.json"
+    by_iteration = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(result, dict) and "training_iteration" in result:
+                by_iteration[int(result["training_iteration"])] = result
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def measured_evaluations(history: list[dict]) -> list[tuple[int | None, float]]:
+    """(env steps, evaluation return) of the iterations that evaluated (RLlib repeats the last one between)."""
+    from agd_ray.cli import result_row
+
+    points = []
+    for result in history:
+        row = result_row(result)
+        if row["eval_return_mean"] is not None:
+            points.append((row["env_steps"], float(row["eval_return_mean"])))
+    return points
+
+
 def summary_rows(results, spec: SweepSpec | None = None) -> list[dict]:
     """One row per trial of a Tune ResultGrid: final and best evaluation return, env steps, wall time; status
     done (reached the sweep's stop), error, or unfinished (interrupted: `--resume` continues it)."""
@@ -502,11 +531,7 @@ def summary_rows(results, spec: SweepSpec | None = None) -> list[dict]:
     for result in results:
         config = result.config or {}
         last = result.metrics or {}
-        history = result.metrics_dataframe
-        column = "/".join(EVAL_RETURN)
-        evals = []
-        if history is not None and column in history:
-            evals = [float(v) for v in history[column] if v is not None and math.isfinite(float(v))]
+        evals = [value for _, value in measured_evaluations(trial_history(result.path))]
         model_based = config.get("model_based", True)
         guide = config.get("guide_config") or {}  # RLlib reports AGDConfig.to_dict(): sections as dicts
         row = result_row(last) if last else {}

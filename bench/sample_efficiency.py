@@ -55,23 +55,16 @@ METHODS = {
 CURVE_COLUMNS = ("experiment", "method", "seed", "iteration", "env_steps", "eval_return", "train_return",
                  "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "action_z_std",
                  "open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided", "action_z_std_guided")
-# progress.csv column (Tune flattens nested results with "/") for each curve column
-PROGRESS = {
-    "iteration": "training_iteration",
-    "env_steps": "agd/env_steps_lifetime",
-    "eval_return": "evaluation/env_runners/episode_return_mean",
-    "train_return": "env_runners/episode_return_mean",
-    "imagined_transitions": "imagination/num_transitions_lifetime",
-    "wall_s": "time_total_s",
-    "world_model_loss": "world_model/loss",
-    "advantage_gain": "guidance/advantage_gain",
-    "action_z_std": "imagination/action_z_std",
-    "open_loop_mse_guided": "quality/open_loop_mse_guided",
-    "open_loop_mse_unguided": "quality/open_loop_mse_unguided",
-    "action_z_mean_guided": "quality/action_z_mean_guided",
-    "action_z_std_guided": "quality/action_z_std_guided",
+# result path (nested keys) for each curve column besides those of `agd_ray.cli.result_row`
+QUALITY = {
+    "advantage_gain": ("guidance", "advantage_gain"),
+    "action_z_std": ("imagination", "action_z_std"),
+    "open_loop_mse_guided": ("quality", "open_loop_mse_guided"),
+    "open_loop_mse_unguided": ("quality", "open_loop_mse_unguided"),
+    "action_z_mean_guided": ("quality", "action_z_mean_guided"),
+    "action_z_std_guided": ("quality", "action_z_std_guided"),
 }
-BY_STEP = ("quality/open_loop_mse_guided_by_step/h", "quality/open_loop_mse_unguided_by_step/h")
+BY_STEP = ("open_loop_mse_guided_by_step", "open_loop_mse_unguided_by_step")
 
 
 def method_settings(name: str) -> dict:
@@ -98,8 +91,8 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def build_spec(args) -> "SweepSpec":  # noqa: F821
-    """The sweep these arguments describe, checked by `agd_ray.sweep.parse_sweep` (every trial's config)."""
+def build_spec(args):
+    """The `agd_ray.sweep.SweepSpec` these arguments describe, checked by `agd_ray.sweep.parse_sweep` (every trial's config)."""
     from agd_ray.cli import PRESET_SETTINGS
     from agd_ray.sweep import parse_sweep
 
@@ -139,46 +132,38 @@ def experiment_name(args) -> str:
 
 
 # -- reading results ---------------------------------------------------------------------------------------------
-def _float(value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+def history_rows(history: list[dict]) -> list[dict]:
+    """A trial's results (`agd_ray.sweep.trial_history`) -> one row per iteration with the curve columns."""
+    from agd_ray.cli import _lookup, result_row
+
+    rows = []
+    for result in history:
+        base = result_row(result)  # evaluation only where measured; env steps of AGD or of RLlib's PPO
+        row = {"iteration": base["iteration"], "env_steps": base["env_steps"], "eval_return": base["eval_return_mean"],
+               "train_return": base["episode_return_mean"], "imagined_transitions": base["imagined_transitions"],
+               "wall_s": _lookup(result, ("time_total_s",)), "world_model_loss": base["world_model_loss"]}
+        row.update({name: _lookup(result, path) for name, path in QUALITY.items()})
+        for key in BY_STEP:
+            steps = (result.get("quality") or {}).get(key) or {}
+            row[key] = [_lookup(steps, (f"h{h}",)) for h in range(1, len(steps) + 1)]
+        rows.append(row)
+    return rows
 
 
 def read_trials(root: Path) -> list[dict]:
-    """Every trial under root/tune/*/: its method, seed, experiment and per-iteration rows (the last row per
-    iteration: a trial restored from a checkpoint repeats the iterations after it)."""
+    """Every trial under root/tune/*/: its experiment, method, seed, guide and per-iteration rows."""
+    from agd_ray.sweep import trial_history
+
     trials = []
     for params_path in sorted(root.glob("tune/*/*/params.json")):
-        directory = params_path.parent
-        progress = directory / "progress.csv"
-        if not progress.is_file():
-            continue
         params = json.loads(params_path.read_text())
-        interval = params.get("evaluation_interval") or 0
-        by_iteration = {}
-        with open(progress, newline="") as file:
-            for raw in csv.DictReader(file):
-                iteration = _float(raw.get("training_iteration"))
-                if iteration is None:
-                    continue
-                row = {name: _float(raw.get(column)) for name, column in PROGRESS.items()}
-                if row["env_steps"] is None:  # model-free PPO: RLlib's own counter
-                    row["env_steps"] = _float(raw.get("env_runners/num_env_steps_sampled_lifetime"))
-                if not interval or int(iteration) % interval:  # RLlib carries the last evaluation forward
-                    row["eval_return"] = None
-                for prefix in BY_STEP:
-                    key = prefix.split("/")[1]
-                    steps = sorted(int(c[len(prefix):]) for c in raw if c.startswith(prefix))
-                    row[key] = [_float(raw[f"{prefix}{h}"]) for h in steps]
-                by_iteration[int(iteration)] = row
-        trials.append({"experiment": directory.parent.name, "method": params.get("sweep_method"),
+        rows = history_rows(trial_history(params_path.parent))
+        if not rows:
+            continue
+        trials.append({"experiment": params_path.parent.parent.name, "method": params.get("sweep_method"),
                        "seed": params.get("seed"), "guide": params.get("guidance.kind"),
                        "temperature": params.get("guidance.temperature"),
-                       "model_based": params.get("model_based", True),
-                       "rows": [by_iteration[i] for i in sorted(by_iteration)]})
+                       "model_based": params.get("model_based", True), "rows": rows})
     return trials
 
 
@@ -234,7 +219,8 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
 
 
 def _last(trial: dict, name: str):
-    values = [r[name] for r in trial["rows"] if r.get(name) is not None]
+    """The trial's last measured value of `name` (None, or an empty by-step list, is not measured)."""
+    values = [r[name] for r in trial["rows"] if r.get(name) is not None and r.get(name) != []]
     return values[-1] if values else None
 
 
@@ -338,7 +324,8 @@ def plot_curves(trials: list[dict], path: Path, *, env_steps: int, eval_every: i
     ax.set_ylabel("evaluation return (mean action)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -395,7 +382,7 @@ def plot_quality(trials: list[dict], path: Path, title: str) -> None:
 
 def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps: list[int]) -> dict:
     """Rebuild curves.csv, summary.md, curves.png, quality.png and sample_efficiency.json under root."""
-    trials = [t for t in read_trials(root) if t["rows"]]
+    trials = read_trials(root)
     if not trials:
         raise ValueError(f"no trials with results under {root / 'tune'}; run without --report-only first")
     rows = summarize(trials, env_steps=env_steps, eval_every=eval_every, fixed_steps=fixed_steps)

@@ -82,7 +82,13 @@ class AGDEnvRunner(SingleAgentEnvRunner):
         if self._pending_count:
             sends.append(self._send_pending())
         # Wait for receipt so that replay holds every step this call reports (one round trip per call).
-        ray.get(sends)
+        try:
+            ray.get(sends)
+        except ray.exceptions.RayActorError:
+            # Replay died: these steps are lost with it (the driver counts them when it restores replay from its
+            # snapshot and connects this runner again). Sampling goes on; until then nothing is sent.
+            self._replay = None
+            self._pending, self._pending_count = [], 0
         for episode in episodes:
             if episode.is_done:
                 self._episode_ids.pop(episode.id_, None)

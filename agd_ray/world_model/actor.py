@@ -170,6 +170,10 @@ class WorldModelWorker:
         self._seed = int(seed)
         self._pull_count = 0
 
+    def set_replay(self, replay) -> None:
+        """Pull training windows from another replay actor from now on (the driver's replacement of a dead one)."""
+        self.replay = _ActorReplay(replay) if isinstance(replay, ray.actor.ActorHandle) else _LocalReplay(replay)
+
     # -- weights -------------------------------------------------------------------------------------------
     def set_module_state(self, state: dict, weights_seq_no: int) -> int:
         """Load the full module state (policy and critic) of version `weights_seq_no`; returns it."""

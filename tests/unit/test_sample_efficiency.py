@@ -1,0 +1,60 @@
+"""bench/sample_efficiency.py: its method table and the arithmetic of its summary (interpolated returns at fixed
+env steps, AUC), on synthetic evaluation curves with closed-form answers."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bench import sample_efficiency as se
+
+
+def test_reference_method_is_the_reference_guide():
+    from agd_ray.world_model.config import GuideConfig
+
+    reference = dataclasses.asdict(GuideConfig.reference("sag", 1.0))
+    for key, value in se.REFERENCE_SAG.items():
+        assert reference[key.partition(".")[2]] == value, key
+
+
+def test_method_names():
+    assert se.method_settings("sag@0.3") == {"guidance.kind": "sag", "guidance.temperature": 0.3}
+    assert se.method_settings("ppo") == {"model_free": True}
+    for bad in ("dreamer", "sag@-1", "sag@x", "polygrad@1", "sag@inf"):
+        with pytest.raises(ValueError, match="not allowed"):
+            se.method_settings(bad)
+
+
+def trial(method: str, seed: int, steps, returns, *, last_step=None):
+    rows = [{"env_steps": s, "eval_return": r, "wall_s": 10.0, "imagined_transitions": None,
+             "advantage_gain": None, "open_loop_mse_guided": None, "open_loop_mse_unguided": None,
+             "action_z_mean_guided": None, "action_z_std_guided": None} for s, r in zip(steps, returns)]
+    if last_step is not None:
+        rows.append({**rows[-1], "env_steps": last_step, "eval_return": None})
+    return {"experiment": "x", "method": method, "seed": seed, "guide": "sag", "temperature": 1.0,
+            "model_based": True, "rows": rows}
+
+
+def test_summary_interpolates_on_env_steps_and_averages_seeds():
+    # seed 0: 10 -> 30 linearly over [2000, 6000]; seed 1: the same plus 10
+    trials = [trial("sag", 0, [2000, 4000, 6000], [10.0, 20.0, 30.0]),
+              trial("sag", 1, [2000, 4000, 6000], [20.0, 30.0, 40.0])]
+    (row,) = se.summarize(trials, env_steps=6000, eval_every=2000, fixed_steps=[3000, 6000])
+    assert row["seeds"] == 2 and row["reached"] == 2
+    assert row["return@3000"] == pytest.approx((20.0, 5.0))  # interpolated 15 and 25: mean 20, std 5
+    assert row["return@6000"] == pytest.approx((35.0, 5.0))
+    # AUC: the mean of a linear curve over [eval_every, env_steps] is its midpoint value
+    assert row["auc"] == pytest.approx((25.0, 5.0))
+    assert row["best"] == pytest.approx(35.0)
+
+
+def test_summary_does_not_extrapolate_past_the_last_evaluation():
+    # evaluated only up to 2000 of an unfinished 6000-step run: no value at 6000, AUC flat beyond 2000
+    trials = [trial("eag", 0, [1000, 2000], [5.0, 7.0], last_step=2500)]
+    (row,) = se.summarize(trials, env_steps=6000, eval_every=2000, fixed_steps=[2000, 4000, 6000])
+    assert row["return@2000"] == pytest.approx((7.0, 0.0))
+    assert row["return@4000"] == pytest.approx((7.0, 0.0))  # within one evaluation interval of the last one
+    assert row["return@6000"] is None
+    assert row["reached"] == 0
+    grid = np.linspace(2000, 6000, 100)
+    assert row["auc"][0] == pytest.approx(np.interp(grid, [1000, 2000], [5.0, 7.0]).mean())
