@@ -55,6 +55,23 @@ from agd_ray.config import AGDConfig
 from agd_ray.envs.core import make_env, register_recording_env
 
 _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the loop's counters
+# agd/format.json: the layout of what agd-ray adds to a checkpoint; restore refuses any other version.
+CHECKPOINT_FORMAT = {"format": "agd-ray-checkpoint", "version": 1}
+
+
+def check_checkpoint_format(path) -> None:
+    """Raise ValueError (one line) unless checkpoint `path` has agd/format.json of this agd-ray's version."""
+    file = pathlib.Path(path) / _EXTRA_DIR / "format.json"
+    try:
+        found = json.loads(file.read_text())
+    except (OSError, ValueError):
+        found = None
+    if not isinstance(found, dict) or found.get("format") != CHECKPOINT_FORMAT["format"]:
+        raise ValueError(f"checkpoint {path} has no valid {_EXTRA_DIR}/format.json; it was not written by agd-ray "
+                         f"(or by a version before checkpoint format {CHECKPOINT_FORMAT['version']})")
+    if found.get("version") != CHECKPOINT_FORMAT["version"]:
+        raise ValueError(f"checkpoint {path} has checkpoint format version={found.get('version')!r}; this agd-ray "
+                         f"reads version {CHECKPOINT_FORMAT['version']} only")
 # Driver time blocked on actors, per iteration: agd/wait_s/<name> (all of it) and agd/transfer_s/<name> (after
 # the actor had finished: moving results or weights); bench/throughput.py reports their share of the wall-clock.
 _WAITS = ("imagination", "world_model", "weights", "replay")
@@ -96,7 +113,7 @@ class AGD(PPO):
         self._counters.update({"env_steps": 0, "world_model_updates": 0, "imagined_transitions": 0,
                                "imagined_episodes": 0, "policy_updates": 0, "replay_connections": 0,
                                "world_model_restarts": 0, "replay_restarts": 0, "imagination_worker_restarts": 0,
-                               "replay_lost_transitions": 0})
+                               "replay_lost_transitions": 0, "env_steps_unreported": 0})
         self._replay = self._world_model = self._imagination = None
         self._pending_imagination = None  # ObjectRefs of the batch imagined with the current weights
         self._module_state = None  # (weights_seq_no, [ObjectRef]) of the learner's full module state
@@ -409,19 +426,27 @@ class AGD(PPO):
         self.metrics.log_value(("world_model", "weights_seq_no"), self._module_state[0], window=1)
         self.metrics.log_value(("imagination", "num_transitions_lifetime"),
                                self._counters["imagined_transitions"], window=1)
-        self.metrics.log_value(("agd", "env_steps_lifetime"), self._counters["env_steps"], window=1)
         self.metrics.log_value(("agd", "policy_updates"), self._counters["policy_updates"], window=1)
         self.metrics.log_value(("agd", "env_runner_reconnects"), self._counters["env_runner_reconnects"], window=1)
-        for name in ("world_model_restarts", "replay_restarts", "imagination_worker_restarts"):
-            self.metrics.log_value(("agd", name), self._counters[name], window=1)
-        self.metrics.log_value(("replay", "lost_transitions"), self._counters["replay_lost_transitions"], window=1)
         try:
             replay_metrics = self._wait("replay", self._replay.metrics.remote())
         except _ACTOR_ERRORS as error:
             self._recover_actors(error)
             replay_metrics = self._wait("replay", self._replay.metrics.remote())
+        # Every real step is in replay or counted lost. An env runner killed during `sample()` had sent part of
+        # its steps, which its lost result never reported: they are counted here, from replay.
+        unreported = (int(replay_metrics["replay/num_added"]) + self._counters["replay_lost_transitions"]
+                      - self._counters["env_steps"])
+        if unreported > 0:
+            self._counters["env_steps"] += unreported
+            self._counters["env_steps_unreported"] += unreported
         for name, value in replay_metrics.items():  # replay/size, ...
             self.metrics.log_value(tuple(name.split("/")), int(value), window=1)
+        for name in ("world_model_restarts", "replay_restarts", "imagination_worker_restarts"):
+            self.metrics.log_value(("agd", name), self._counters[name], window=1)
+        self.metrics.log_value(("agd", "env_steps_lifetime"), self._counters["env_steps"], window=1)
+        self.metrics.log_value(("agd", "env_steps_unreported"), self._counters["env_steps_unreported"], window=1)
+        self.metrics.log_value(("replay", "lost_transitions"), self._counters["replay_lost_transitions"], window=1)
         for name, seconds in self._phase_s.items():
             self.metrics.log_value(("agd", "phase_s", name), seconds, window=1)
         for name, seconds in self._wait_s.items():
@@ -527,6 +552,7 @@ class AGD(PPO):
         extra = pathlib.Path(path) / _EXTRA_DIR
         extra.mkdir(parents=True, exist_ok=True)
         (extra / "counters.json").write_text(json.dumps(self._counters))
+        (extra / "format.json").write_text(json.dumps(CHECKPOINT_FORMAT))
         if self.config.model_based:
             save_atomic(ray.get(self._world_model.get_state.remote()), extra / "world_model.pt")
             ray.get(self._replay.save.remote(str((extra / "replay").resolve())))
@@ -534,8 +560,10 @@ class AGD(PPO):
 
     @override(PPO)
     def restore_from_path(self, path, *args, **kwargs) -> None:
-        super().restore_from_path(path, *args, **kwargs)
         extra = pathlib.Path(path) / _EXTRA_DIR
+        if extra.is_dir() or self.config.model_based:
+            check_checkpoint_format(path)
+        super().restore_from_path(path, *args, **kwargs)
         if not extra.is_dir():
             return
         self._counters.update(json.loads((extra / "counters.json").read_text()))
@@ -543,7 +571,11 @@ class AGD(PPO):
             import torch
 
             state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
-            ray.get(self._world_model.set_state.remote(state))
+            try:
+                ray.get(self._world_model.set_state.remote(state))
+            except ray.exceptions.RayTaskError as error:
+                raise ValueError(f"checkpoint {path}: its world model does not fit this config "
+                                 f"({str(error.cause).splitlines()[0]})") from None
             ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
             self._imagination.reset()
             self._counters["replay_connections"] += 1

@@ -180,6 +180,12 @@ def checkpoint_path(directory: pathlib.Path) -> pathlib.Path:
                              f"agd/counters.json); cannot resume") from None
         if not (candidate / MODULE_SUBDIR).is_dir():
             raise UsageError(f"checkpoint {candidate} is incomplete or corrupt (no {MODULE_SUBDIR}); cannot resume")
+        from agd_ray.algorithm import check_checkpoint_format
+
+        try:
+            check_checkpoint_format(candidate)
+        except ValueError as error:
+            raise UsageError(f"{error}; cannot resume") from None
         return candidate
     raise UsageError(f"no checkpoint at {directory / 'checkpoint'}; nothing to resume from")
 

@@ -49,6 +49,10 @@ class ReplayActor:
         """`replay/...` counters for the training result."""
         return self.buffer.metrics()
 
+    def stream_seq_numbers(self) -> dict:
+        """Stream id -> last accepted chunk seq_no (`ReplayBuffer.stream_seq_numbers`)."""
+        return self.buffer.stream_seq_numbers()
+
     def size(self) -> int:
         """Transitions currently stored."""
         return len(self.buffer)

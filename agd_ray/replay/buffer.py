@@ -112,6 +112,10 @@ class ReplayBuffer:
             "replay/num_gaps": self.num_gaps,
         }
 
+    def stream_seq_numbers(self) -> dict[int, int]:
+        """Stream (runner) id -> the last chunk seq_no accepted from it."""
+        return dict(self._last_seq)
+
     # ------------------------------------------------------------------ adding
     def add_encoded(self, data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
         """Decode one msgpack chunk (wire.py) and add it; returns the number of transitions added."""

@@ -115,6 +115,15 @@ def test_sigkilled_driver_resumes_from_checkpoint(tmp_path):
     assert len(returns) == 2 and all(r >= 1 for r in returns)  # InvertedPendulum pays 1 per step alive
     assert lines[0][-1].startswith(f"mean return {sum(returns) / 2:.1f} ")
 
+    # A checkpoint of another format version is refused before Ray starts: exit 2, one line naming it.
+    format_file = out / "checkpoint" / "agd" / "format.json"
+    assert json.loads(format_file.read_text())["version"] == 1
+    format_file.write_text(json.dumps({"format": "agd-ray-checkpoint", "version": 999}))
+    refused = subprocess.run([*AGD_RAY, "train", "--resume", str(out)], env=_env(), capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "version=999" in refused.stderr and "reads version 1" in refused.stderr
+
     # A corrupt checkpoint is refused before Ray starts: exit 2, one line naming it.
     (out / "checkpoint" / "agd" / "counters.json").write_text("{not json")
     refused = subprocess.run([*AGD_RAY, "train", "--resume", str(out)], env=_env(), capture_output=True,

@@ -134,3 +134,26 @@ def test_summary_files(tmp_path):
     assert len(lines) == 1 + len(rows) and lines[0].startswith("trial,method,guide,temperature,seed")
     assert (tmp_path / "out" / "summary.md").read_text().count("\n| ") == 1 + len(rows)  # header + one line per trial
     assert (tmp_path / "out" / "return_vs_temperature.png").stat().st_size > 1000
+
+
+def test_trial_history_reads_every_result_once(tmp_path):
+    """result.json, not progress.csv (whose columns Tune fixes at the first result, before any evaluation):
+    the last line per iteration wins (a restored trial repeats iterations), a line cut short is skipped."""
+    import json
+
+    from agd_ray.sweep import measured_evaluations, trial_history
+
+    def result(iteration, steps, evaluation=None):
+        out = {"training_iteration": iteration, "agd": {"env_steps_lifetime": steps},
+               "config": {"evaluation_interval": 2}}
+        if evaluation is not None:
+            out["evaluation"] = {"env_runners": {"episode_return_mean": evaluation}}
+        return json.dumps(out)
+
+    lines = [result(1, 100), result(2, 200, 5.0), result(3, 300, 5.0),  # 3 repeats 2's evaluation
+             result(2, 210, 7.0), result(3, 310, 7.0), result(4, 410, 9.0), '{"training_iteration": 5, "ag']
+    (tmp_path / "result.json").write_text("\n".join(lines))
+    history = trial_history(tmp_path)
+    assert [r["training_iteration"] for r in history] == [1, 2, 3, 4]
+    assert measured_evaluations(history) == [(210, 7.0), (410, 9.0)]
+    assert trial_history(tmp_path / "missing") == []
