@@ -456,8 +456,11 @@ class AGD(PPO):
 
     # -- the run's own actors: snapshots and restarts -------------------------------------------------------
     def _snapshot_dir(self) -> pathlib.Path:
+        """<snapshot_dir>/<this run's log directory name> (one directory per run when several share a base),
+        or <log directory>/actor_snapshots."""
         configured = self.config.recovery_config.snapshot_dir
-        return pathlib.Path(configured) if configured else pathlib.Path(self.logdir) / "actor_snapshots"
+        logdir = pathlib.Path(self.logdir)
+        return pathlib.Path(configured) / logdir.name if configured else logdir / "actor_snapshots"
 
     def _snapshot_actors(self) -> None:
         """Every `recovery.snapshot_interval` iterations: replay (written by the replay actor, atomically, with

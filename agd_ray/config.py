@@ -98,7 +98,8 @@ class RecoveryConfig:
     requests that failed with it are made again. (Env runners are RLlib's: `fault_tolerance()`.)"""
 
     snapshot_interval: int = 10  # iterations between snapshots of the world model and replay (0: never)
-    snapshot_dir: str | None = None  # where (reachable from the replay actor's node); None: <trial logdir>/actor_snapshots
+    snapshot_dir: str | None = None  # base directory (reachable from the replay actor's node), a subdirectory per
+    # run is made in it; None: <the run's log directory>/actor_snapshots
     max_actor_restarts: int = 3  # restarts per actor per run before the run fails with the actor's error
 
     def __post_init__(self) -> None:

@@ -7,6 +7,8 @@ in replay/lost_transitions (num_added + lost = env steps, exactly), and the env 
 An actor that dies more often than `recovery.max_actor_restarts` ends the run with an error naming the limit.
 """
 
+import pathlib
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -44,8 +46,9 @@ def test_world_model_and_replay_actor_deaths(local_ray, tmp_path):
     try:
         c1 = counters(algo.train())
         c2 = counters(algo.train())
-        assert (tmp_path / "snapshots" / "world_model.pt").is_file()
-        assert (tmp_path / "snapshots" / "replay" / "replay.json").is_file()
+        run_dir = tmp_path / "snapshots" / pathlib.Path(algo.logdir).name  # one directory per run
+        assert (run_dir / "world_model.pt").is_file()
+        assert (run_dir / "replay" / "replay.json").is_file()
         assert c2["lost"] == 0 and c2["replay_added"] == c2["env_steps"]
 
         # -- the world-model trainer dies between iterations (a batch for the next update is in flight)
