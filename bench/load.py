@@ -2,7 +2,7 @@
 
 N `AGDEnvRunner` actors (RLlib's env runner with agd-ray's streaming, as the training loop creates them) sample
 uniformly random actions as fast as they can, each `sample()` call's transitions sent to the replay actor as
-msgpack chunks and acknowledged; the replay's capacity is a fraction of what streams in, so it wraps many times.
+msgpack chunks and acknowledged, then its metrics collected (as the training loop does); the replay's capacity is a fraction of what streams in, so it wraps many times.
 Every few seconds: env steps/s, replay size, and the resident memory (RSS) of the replay actor and the runners.
 At the end: every stream's last accepted chunk seq_no against the chunks its runner sent, gaps, duplicates,
 rejected chunks, and transitions added against transitions sampled (nothing lost, nothing twice).
@@ -37,6 +37,7 @@ def run_load(*, env: str = "HalfCheetah-v5", runners: int = 4, seconds: float = 
     """Stream for `seconds`; returns the counts, the RSS samples and the checks' inputs (needs Ray started)."""
     import numpy as np
     import ray
+    from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED
 
     from agd_ray import AGDConfig
     from agd_ray.envs.core import make_env
@@ -53,13 +54,16 @@ def run_load(*, env: str = "HalfCheetah-v5", runners: int = 4, seconds: float = 
                                                        qvel_dim=qvel_dim, capacity=capacity, seed=0)
     remote_runner = ray.remote(num_cpus=0)(AGDEnvRunner)
     actors = [remote_runner.remote(config=config, worker_index=i + 1) for i in range(runners)]
-    streams = ray.get([a.connect_replay.remote(replay, chunk_size=chunk_size, return_episodes=True) for a in actors])
+    streams = ray.get([a.connect_replay.remote(replay, chunk_size=chunk_size, return_episodes=False) for a in actors])
     pids = {"replay": ray.get(replay.__ray_call__.remote(lambda self: os.getpid()))}
     pids.update({f"runner{i + 1}": ray.get(a.__ray_call__.remote(lambda self: os.getpid()))
                  for i, a in enumerate(actors)})
 
     def call(actor):
-        return actor.sample.remote(num_timesteps=steps_per_call, random_actions=True, force_reset=False)
+        # As the training loop samples (RLlib's synchronous_parallel_sample): sample, then collect the metrics,
+        # which also clears the runner's metrics logger. The steps count comes from those metrics.
+        actor.sample.remote(num_timesteps=steps_per_call, random_actions=True, force_reset=False)
+        return actor.get_metrics.remote()
 
     sampled = [0] * runners
     samples, full_at = [], None
@@ -70,7 +74,7 @@ def run_load(*, env: str = "HalfCheetah-v5", runners: int = 4, seconds: float = 
     while True:
         ready, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ready[0])
-        sampled[i] += sum(len(e) for e in ray.get(ready[0]))
+        sampled[i] += int(ray.get(ready[0])[NUM_ENV_STEPS_SAMPLED])
         now = time.monotonic()
         if now - started < seconds:
             pending[call(actors[i])] = i
