@@ -437,7 +437,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
     trainable = _trainable()
     if resume:
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+        # The same param_space again: Tune keeps large values (module specs, classes) in the object store of the
+        # session that started the sweep, and a new session must hand them in (Tuner.restore's contract).
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, param_space=param_space)
     else:
         request = trial_resources(param_space_example(spec))
         print(f"agd-ray sweep {spec.name}: {len(spec.trials())} trials; per trial {request.bundles} -> {experiment}",
