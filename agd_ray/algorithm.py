@@ -52,7 +52,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from agd_ray.config import AGDConfig
-from agd_ray.envs.core import make_env, register_recording_env
+from agd_ray.envs.core import executed_action_bound, make_env, register_recording_env
 
 _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the loop's counters
 # agd/format.json: the layout of what agd-ray adds to a checkpoint; restore refuses any other version.
@@ -133,14 +133,19 @@ class AGD(PPO):
         qpos_dim, qvel_dim = int(probe.unwrapped.model.nq), int(probe.unwrapped.model.nv)
         probe.close()
         seed = int(self.config.seed or 0)
+        # The env executes actions clipped to this box (policy space): replay refuses others, the model sees them.
+        bound = executed_action_bound(self.config.normalize_actions, self._action_space)
         self._replay_kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, qpos_dim=qpos_dim, qvel_dim=qvel_dim,
-                                   capacity=self.config.replay_config.capacity, seed=seed)
+                                   capacity=self.config.replay_config.capacity, seed=seed, action_bound=bound)
+        world_model_config = self.config.world_model_config
+        if world_model_config.action_bound is None and bound is not None:
+            world_model_config = world_model_config.replace(action_bound=bound)
         self._replay = ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
         training = self.config.world_model_training
         model = dict(
             obs_dim=obs_dim,
             act_dim=act_dim,
-            world_model_config=self.config.world_model_config,
+            world_model_config=world_model_config,
             guide_config=self.config.guide_config,
             module_spec=self.config.get_rl_module_spec(
                 spaces={INPUT_ENV_SINGLE_SPACES: (self._observation_space, self._action_space),

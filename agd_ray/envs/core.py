@@ -61,3 +61,12 @@ def register_recording_env(env_id: str) -> None:
 
     validate_env_id(env_id)
     register_env(env_id, lambda ctx, _id=env_id: make_env(_id, ctx))
+
+
+def executed_action_bound(normalize_actions: bool, action_space) -> float | None:
+    """The box the env actually executes, in the policy's action space: 1.0 when RLlib normalises actions for
+    a bounded Box (the module acts in [-1, 1]; RLlib maps that onto the bounds and clips), else None (no box
+    known in that space). Replay stores actions clipped to it, and the world model is conditioned on it."""
+    bounded = (isinstance(action_space, gym.spaces.Box) and bool(np.all(action_space.bounded_below))
+               and bool(np.all(action_space.bounded_above)))
+    return 1.0 if normalize_actions and bounded else None

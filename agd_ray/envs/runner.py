@@ -12,7 +12,7 @@ import ray
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.spaces.space_utils import normalize_action
 
-from agd_ray.envs.core import register_recording_env
+from agd_ray.envs.core import executed_action_bound, register_recording_env
 
 # Episode ids on the wire are int64: stream id in the high bits, a per-stream counter in the low ones.
 _EPISODE_ID_BITS = 40
@@ -120,6 +120,9 @@ class AGDEnvRunner(SingleAgentEnvRunner):
             # Random actions are drawn in env space; the policy (and so the world model) works in RLlib's
             # normalised action space [-1, 1], where the module's own samples live.
             actions = normalize_action(actions, self.env.single_action_space).astype(np.float32)
+        bound = executed_action_bound(self.config.normalize_actions, self.env.single_action_space)
+        if bound is not None:  # what the env executed: RLlib clips the module's Gaussian samples to the bounds
+            actions = np.clip(actions, -bound, bound)
         terminated = np.zeros(steps, dtype=bool)
         truncated = np.zeros(steps, dtype=bool)
         terminated[-1] = episode.is_terminated

@@ -15,8 +15,9 @@ from agd_ray.replay.buffer import ReplayBuffer
 class ReplayActor:
     """Owns one `ReplayBuffer`; every method is a remote call on the actor."""
 
-    def __init__(self, *, obs_dim: int, act_dim: int, qpos_dim: int, qvel_dim: int, capacity: int, seed: int = 0):
-        self.buffer = ReplayBuffer(obs_dim, act_dim, qpos_dim, qvel_dim, capacity, seed=seed)
+    def __init__(self, *, obs_dim: int, act_dim: int, qpos_dim: int, qvel_dim: int, capacity: int, seed: int = 0,
+                 action_bound: float | None = None):
+        self.buffer = ReplayBuffer(obs_dim, act_dim, qpos_dim, qvel_dim, capacity, seed=seed, action_bound=action_bound)
 
     @classmethod
     def as_remote(cls, *, num_cpus: float = 1, **options):

@@ -58,7 +58,8 @@ class ReplayBuffer:
     open episodes are ended there (as if truncated), so that no window bridges the missing transitions.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, qpos_dim: int, qvel_dim: int, capacity: int, seed: int = 0):
+    def __init__(self, obs_dim: int, act_dim: int, qpos_dim: int, qvel_dim: int, capacity: int, seed: int = 0,
+                 action_bound: float | None = None):
         for name, value in (("obs_dim", obs_dim), ("act_dim", act_dim), ("qpos_dim", qpos_dim),
                             ("qvel_dim", qvel_dim), ("capacity", capacity)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -67,6 +68,9 @@ class ReplayBuffer:
         self.qpos_dim, self.qvel_dim = int(qpos_dim), int(qvel_dim)
         self.capacity = int(capacity)
         self.seed = int(seed)
+        if action_bound is not None and not (isinstance(action_bound, (int, float)) and action_bound > 0):
+            raise ValueError(f"ReplayBuffer action_bound={action_bound!r}; allowed: None or a number > 0")
+        self.action_bound = None if action_bound is None else float(action_bound)  # |action| <= this, or refused
         self._expected_dims = {"D_s": self.obs_dim, "D_a": self.act_dim, "nq": self.qpos_dim, "nv": self.qvel_dim}
         self._slots = {
             name: np.zeros((self.capacity,) + ((getattr(self, dim),) if dim else ()), dtype=dtype)
@@ -135,6 +139,11 @@ class ReplayBuffer:
         try:
             info = validate_chunk(chunk, expected_dims=self._expected_dims)
             self._check_episodes(chunk, info.runner_id)
+            if self.action_bound is not None:
+                worst = float(np.abs(chunk["actions"]).max(initial=0.0))
+                if worst > self.action_bound:
+                    raise ValueError(f"field 'actions': |action| up to {worst:.6g}; allowed: within "
+                                     f"[-{self.action_bound:g}, {self.action_bound:g}] (the executed action box)")
         except ValueError:
             self.num_rejected_chunks += 1
             raise
@@ -377,7 +386,8 @@ class ReplayBuffer:
             "npz": npz_name,
             "sha256": digest,
             "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "qpos_dim": self.qpos_dim,
-                     "qvel_dim": self.qvel_dim, "capacity": self.capacity, "seed": self.seed},
+                     "qvel_dim": self.qvel_dim, "capacity": self.capacity, "seed": self.seed,
+                     "action_bound": self.action_bound},
             "ptr": self._ptr,
             "size": n,
             "num_rows": rows,

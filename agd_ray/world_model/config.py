@@ -65,6 +65,7 @@ class WorldModelConfig(_Config):
     clip_state_change: float = 0.25  # bound on |mu_t - x_t| of states in the last steps (normalised units)
     clip_last_steps: int = 10  # ... applied in this many final reverse steps
     action_clamp_sigmas: float = 3.0  # PolyGRAD: actions clamped to mu +- this many sigma
+    action_bound: float | None = None  # executed-action box (policy space): the denoiser sees actions clipped to it
     delta_init: float = 0.005  # initial policy-guidance step size
     delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step
     return_model_hidden: int = 256  # width of the reward guide's return model J (0: not trained)
@@ -92,6 +93,8 @@ class WorldModelConfig(_Config):
         check_field("clip_state_change", self.clip_state_change, self.clip_state_change > 0, "> 0")
         check_field("clip_last_steps", self.clip_last_steps, self.clip_last_steps >= 0, ">= 0")
         check_field("action_clamp_sigmas", self.action_clamp_sigmas, self.action_clamp_sigmas > 0, "> 0")
+        check_field("action_bound", self.action_bound, self.action_bound is None or self.action_bound > 0,
+                    "None or > 0")
         check_field("delta_init", self.delta_init, self.delta_init > 0, "> 0")
         check_field("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
         check_field("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")

@@ -23,6 +23,7 @@ class SamplerSettings:
     clip_state_change: float = 0.25
     clip_last_steps: int = 10
     action_clamp_sigmas: float = 3.0
+    action_bound: float | None = None  # the denoiser is conditioned on actions clipped to +- this (None: not)
 
 
 def inpaint_start(x: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
@@ -63,6 +64,14 @@ def sample_windows(
     guidance); posterior sample; inpaint.
     """
     batch, obs_dim = start_obs.shape
+    if settings.action_bound is not None:  # the box in normalised coordinates: [D_a] each
+        box = torch.full((act_dim,), float(settings.action_bound), device=start_obs.device)
+        low, high = normalizer.normalize("actions", -box), normalizer.normalize("actions", box)
+
+    def executed(a_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised actions as the env executes them (clipped to the box), which the model was trained on."""
+        return a_norm if settings.action_bound is None else torch.clamp(a_norm, low, high)
+
     horizon = denoiser.horizon
     device = start_obs.device
     shape_x, shape_a = (batch, horizon, obs_dim + 2), (batch, horizon, act_dim)
@@ -72,7 +81,7 @@ def sample_windows(
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
         timesteps = torch.full((batch,), step.t, device=device, dtype=torch.long)
-        scaled_actions = step.sqrt_alpha_bar_t * a
+        scaled_actions = step.sqrt_alpha_bar_t * executed(a)
         with torch.set_grad_enabled(guide.differentiate_xt):
             x_in = x.requires_grad_(True) if guide.differentiate_xt else x
             with autocast():

@@ -4,7 +4,6 @@ from its checkpoint (its iterations continue, none is run twice in the result hi
 """
 
 import os
-import pathlib
 import signal
 import subprocess
 import time

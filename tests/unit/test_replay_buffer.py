@@ -437,3 +437,18 @@ def test_empty_buffer_round_trip(tmp_path):
     restored = ReplayBuffer.load(tmp_path)
     assert len(restored) == 0 and restored.normalizer_snapshot().version == 0
     assert os.path.exists(tmp_path / "replay.json")
+
+
+def test_actions_outside_the_executed_box_refused_and_bound_survives_save(tmp_path):
+    # episode(k=0) actions are (step + 0.5, 0): within [-5, 5] for 4 steps, 5.5 at the fifth
+    buffer = ReplayBuffer(D_S, D_A, NQ, NV, 50, action_bound=5.0)
+    buffer.add_chunk({**episode(0, 4, "terminated"), "runner_id": 0, "seq_no": 0})
+    digest = storage_digest(buffer)
+    with pytest.raises(ValueError, match=r"'actions'.*5\.5.*\[-5, 5\]") as info:
+        buffer.add_chunk({**episode(1, 6, "terminated"), "runner_id": 0, "seq_no": 1})
+    assert "\n" not in str(info.value)
+    assert (storage_digest(buffer), len(buffer), buffer.num_rejected_chunks) == (digest, 4, 1)
+    buffer.save(tmp_path / "r")
+    assert ReplayBuffer.load(tmp_path / "r").action_bound == 5.0
+    with pytest.raises(ValueError, match="action_bound"):
+        ReplayBuffer(D_S, D_A, NQ, NV, 50, action_bound=-1.0)

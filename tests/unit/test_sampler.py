@@ -183,3 +183,35 @@ def test_policy_step_never_overshoots_the_mean():
     # delta / sigma^2 = 100: an uncapped step would land at 0.3 - 100 * 0.3; capped, it lands on the mean.
     assert policy_score_step(a, mean, std, 1.0, 3.0).item() == 0.0
     torch.testing.assert_close(policy_score_step(a, mean, std, 0.005, 3.0), a - 0.5 * a)
+
+
+def test_denoiser_sees_actions_clipped_to_the_executed_box(model):
+    """action_bound: the denoiser is conditioned on actions clipped to the box the env executes (in the
+    policy's space), while the returned actions are the policy's own; a box no action reaches changes nothing."""
+    seen = []
+    original = model.ema_denoiser.forward
+
+    def recording(x, scaled_actions, t):
+        seen.append((scaled_actions.detach().clone(), t.detach().clone()))
+        return original(x, scaled_actions, t)
+
+    base = model.config
+    try:
+        model.ema_denoiser.forward = recording
+        free = _imagine(model, GuideConfig(kind="none"))
+        model.config = base.replace(action_bound=1e6)
+        wide = _imagine(model, GuideConfig(kind="none"))
+        seen.clear()
+        model.config = base.replace(action_bound=0.05)
+        tight = _imagine(model, GuideConfig(kind="none"))
+    finally:
+        model.config = base
+        del model.ema_denoiser.forward
+    for key in free:
+        if torch.is_tensor(free[key]):
+            assert torch.equal(free[key], wide[key]), key
+    alpha_bar = {s.t: s.sqrt_alpha_bar_t for s in model._reverse_steps}
+    for scaled, t in seen:
+        actions = model.normalizer.unnormalize("actions", scaled / alpha_bar[int(t[0])])
+        assert actions.abs().max() <= 0.05 + 1e-5
+    assert tight["actions"].abs().max() > 0.05  # the returned actions are not clipped
