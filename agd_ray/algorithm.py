@@ -121,6 +121,7 @@ class AGD(PPO):
         self._wait_s = dict.fromkeys(_WAITS, 0.0)  # driver blocked on actors, this iteration
         self._transfer_s = dict.fromkeys(_WAITS, 0.0)  # of which after the actors had finished: moving data
         self._prefetched = 0
+        self._actor_generation = 0  # +1 each time `_recover_actors` recreates actors
         if not self.config.model_based:
             return
         from agd_ray.replay.actor import ReplayActor
@@ -281,14 +282,14 @@ class AGD(PPO):
             target = max(int(training.updates_per_env_step * self._counters["env_steps"]),
                          training.pretrain_updates)
             due = target - self._counters["world_model_updates"]
-            return self._world_model.train.remote(num_updates=due), due, self._world_model
+            return self._world_model.train.remote(num_updates=due), due, self._actor_generation
 
     def _finish_world_model_training(self, training) -> None:
         """Phase 2 (end): wait for the training call; the update count is exact from here on."""
         with self._phase("agd_world_model_wait"):
             while True:
-                pending, due, trainer = training
-                if trainer is not self._world_model:  # recreated since the call was made: make it again
+                pending, due, generation = training
+                if generation != self._actor_generation:  # actors recreated since the call was made: again
                     training = self._start_world_model_training()
                     continue
                 try:
@@ -516,6 +517,7 @@ class AGD(PPO):
             self._counters["imagination_worker_restarts"] += 1
         self._imagination = ImaginationPool(self._world_model, workers, unit_size=self._imagination.unit_size)
         self._pending_imagination = None  # imagined again, by the new actors, from the restored replay
+        self._actor_generation += 1  # calls made before this are made again (`_finish_world_model_training`)
         # a training call cut short by a dying replay may have done part of its updates
         self._counters["world_model_updates"] = int(ray.get(self._world_model.counters.remote())["num_updates"])
 

@@ -4,7 +4,8 @@ The run snapshots both every iteration (`recovery.snapshot_interval=1`). A dead 
 its snapshot: the run goes on, imagination is served again, and the update ratio holds. A dead replay actor is
 recreated from its snapshot: what it held at the snapshot is back, the steps sent while it was down are counted
 in replay/lost_transitions (num_added + lost = env steps, exactly), and the env runners stream into the new one.
-An actor that dies more often than `recovery.max_actor_restarts` ends the run with an error naming the limit.
+Both dying at once is survived the same way. An actor that dies more often than
+`recovery.max_actor_restarts` ends the run with an error naming the limit.
 """
 
 import pathlib
@@ -21,7 +22,7 @@ def fault_config(snapshot_dir):
 
     return (tiny_config()
             .env_runners(num_env_runners=1, num_cpus_per_env_runner=1)
-            .recovery(snapshot_interval=1, snapshot_dir=str(snapshot_dir), max_actor_restarts=1))
+            .recovery(snapshot_interval=1, snapshot_dir=str(snapshot_dir), max_actor_restarts=2))
 
 
 def counters(result: dict) -> dict:
@@ -73,9 +74,19 @@ def test_world_model_and_replay_actor_deaths(local_ray, tmp_path):
         assert c5["replay_added"] + c5["lost"] == c5["env_steps"] and c5["lost"] == c4["lost"]
         assert c5["rejected"] == 0 and c5["duplicates"] == 0
 
-        # -- a second death of the world model is past recovery.max_actor_restarts=1
+        # -- both die at once (the imagination in flight fails first, then the training call made before the
+        # recovery is made again with the new actors)
         ray.kill(algo._world_model, no_restart=True)
-        with pytest.raises(Exception, match="max_actor_restarts=1"):
+        ray.kill(algo._replay, no_restart=True)
+        c6 = counters(algo.train())
+        assert (c6["world_model_restarts"], c6["replay_restarts"]) == (2, 2)
+        assert c6["lost"] == c5["lost"] + (c6["env_steps"] - c5["env_steps"])
+        assert c6["replay_added"] + c6["lost"] == c6["env_steps"] and c6["replay_size"] == c5["replay_size"]
+        assert c6["world_model_updates"] == int(RATIO * c6["env_steps"])
+
+        # -- a third death of the world model is past recovery.max_actor_restarts=2
+        ray.kill(algo._world_model, no_restart=True)
+        with pytest.raises(Exception, match="max_actor_restarts=2"):
             algo.train()
     finally:
         algo.stop()
