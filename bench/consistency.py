@@ -1,0 +1,168 @@
+"""Is imagination consistent with the simulator? A checkpoint's world model, policy and replay, side by side.
+
+From one checkpoint (an `agd-ray train` OUTPUT/checkpoint or a Tune trial's checkpoint_NNNNNN), on real windows
+sampled from its replay, with MuJoCo restored to each window's start state:
+1. the world model conditioned on the windows' own (executed) actions: state MSE by step against the real
+   windows, next to the "no change" baseline (s[h] = s[0]) - does the model know the dynamics?
+2. guided imagination (the checkpoint's guide off: PolyGRAD actions) at several policy-step sizes delta: the
+   action z std at the returned states (1 = on-policy), how often the imagined windows terminate, how often the
+   simulator terminates when it replays the imagined actions open loop, the open-loop state MSE
+   (`diagnostics.open_loop_error`) - are the imagined actions and states a trajectory the env would produce?
+3. the policy's mean action run closed loop in the simulator from the same start states: how often it terminates.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/consistency.py CHECKPOINT [--env InvertedPendulum-v5] [--windows 128]
+
+Prints a table and writes bench/out/consistency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from a checkout without install
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def load(checkpoint: Path):
+    """(world model, policy module, replay buffer) of a checkpoint, without Ray."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from agd_ray.replay.buffer import ReplayBuffer
+    from agd_ray.world_model import WorldModel, WorldModelConfig
+
+    state = torch.load(checkpoint / "agd" / "world_model.pt", map_location="cpu", weights_only=True)["model"]
+    config = WorldModelConfig(**state["config"])
+    if state.get("return_model") is None:
+        config = config.replace(return_model_hidden=0)
+    model = WorldModel(*state["dims"], config, device="cpu")
+    model.load_state_dict(state)
+    module = RLModule.from_checkpoint(str((checkpoint / "learner_group" / "learner" / "rl_module" /
+                                           "default_policy").resolve()))
+    module.eval()
+    return model, module, ReplayBuffer.load(checkpoint / "agd" / "replay")
+
+
+def _env_of(checkpoint: Path) -> str | None:
+    params = checkpoint.parent / "params.json"  # a Tune trial's checkpoint
+    if params.is_file():
+        return json.loads(params.read_text()).get("env")
+    config = checkpoint.parent / "config.json"  # an `agd-ray train` output
+    return json.loads(config.read_text()).get("env") if config.is_file() else None
+
+
+def sim_termination(env, qpos, qvel, actions) -> np.ndarray:
+    """Whether the simulator terminates when it replays `actions` [B, H, D_a] (env space) from each start."""
+    out = np.zeros(len(qpos), dtype=bool)
+    for b in range(len(qpos)):
+        env.reset(seed=b)
+        env.unwrapped.set_state(qpos[b], qvel[b])
+        for h in range(actions.shape[1] - 1):
+            _, _, terminated, truncated, _ = env.step(actions[b, h].astype(np.float32))
+            if terminated:
+                out[b] = True
+            if terminated or truncated:
+                break
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint directory with agd/ (train's OUTPUT/checkpoint, a trial's)")
+    parser.add_argument("--env", default=None, help="MuJoCo task id (default: from the run's params/config)")
+    parser.add_argument("--windows", type=int, default=128)
+    parser.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.05, 1.0])
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--out", default="bench/out/consistency.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    import gymnasium as gym
+    from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+    from agd_ray.imagination import make_critic, make_policy
+    from agd_ray.world_model import GuideConfig
+    from agd_ray.world_model.diagnostics import open_loop_error
+
+    checkpoint = Path(args.checkpoint)
+    env_id = args.env or _env_of(checkpoint)
+    if env_id is None:
+        print("consistency: error: --env is needed (no params.json or config.json beside the checkpoint)",
+              file=sys.stderr)
+        return 2
+    model, module, replay = load(checkpoint)
+    policy, critic = make_policy(module), make_critic(module)
+    env = gym.make(env_id)
+    horizon = model.config.horizon
+    real = replay.sample_windows(args.windows, horizon, rng=np.random.default_rng(args.seed))
+    alive = real["terminals"].max(axis=1) == 0  # windows without a termination: compared state by state
+    result = {"checkpoint": str(checkpoint), "env": env_id, "windows": args.windows, "horizon": horizon}
+
+    # 1. conditioned on the windows' own actions: a policy whose mean is that action (std tiny, step factor 1)
+    actions = torch.as_tensor(real["actions"])
+
+    def replay_actions(states):
+        return actions.to(states.dtype), torch.full_like(actions, 1e-3)
+
+    log_delta = model.log_delta
+    model.log_delta = 0.0
+    out = model.imagine(real["observations"][:, 0], policy=replay_actions, critic=critic,
+                        guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
+    model.log_delta = log_delta
+    conditioned = ((out["observations"].numpy() - real["observations"]) ** 2)[alive].mean(axis=(0, 2))
+    no_change = ((real["observations"] - real["observations"][:, :1]) ** 2)[alive].mean(axis=(0, 2))
+    result["conditioned_mse_by_step"] = conditioned[1:].round(4).tolist()
+    result["no_change_mse_by_step"] = no_change[1:].round(4).tolist()
+    print(f"{env_id}, H={horizon}, {args.windows} replay windows ({int(alive.sum())} without a termination)")
+    print(f"1. model conditioned on the executed actions: state MSE mean {conditioned[1:].mean():.4f} "
+          f"(no-change baseline {no_change[1:].mean():.4f})")
+
+    # 3. the policy closed loop
+    closed = np.zeros(args.windows, dtype=bool)
+    for b in range(args.windows):
+        env.reset(seed=b)
+        env.unwrapped.set_state(real["qpos"][b], real["qvel"][b])
+        obs = env.unwrapped._get_obs()
+        for _ in range(horizon - 1):
+            mean, _ = policy(torch.as_tensor(obs, dtype=torch.float32)[None])
+            obs, _, terminated, truncated, _ = env.step(
+                unsquash_action(mean[0].detach().numpy().astype(np.float64), env.action_space).astype(np.float32))
+            if terminated:
+                closed[b] = True
+            if terminated or truncated:
+                break
+    result["policy_closed_loop_terminates"] = float(closed.mean())
+
+    # 2. policy-guided imagination at several delta
+    rows = []
+    print(f"{'delta':>8} {'z std':>6} {'imagined term':>13} {'sim term (imagined actions)':>27} {'open-loop MSE':>13}")
+    for delta in [math.exp(log_delta), *args.deltas]:
+        model.log_delta = math.log(delta)
+        out = model.imagine(real["observations"][:, 0], policy=policy, critic=critic, guide=GuideConfig(kind="none"),
+                            generator=torch.Generator().manual_seed(0))
+        mean, std = policy(out["observations"])
+        z_std = float(((out["actions"] - mean) / std).std())
+        env_actions = unsquash_action(out["actions"].detach().numpy().astype(np.float64), env.action_space)
+        sim = sim_termination(env, real["qpos"], real["qvel"], env_actions)
+        error = open_loop_error(env, real["qpos"], real["qvel"], env_actions, out["observations"])
+        row = {"delta": delta, "z_std": z_std, "imagined_terminates": float(out["terminals"].any(1).float().mean()),
+               "sim_terminates": float(sim.mean()), "open_loop_mse": float(np.nanmean(error[1:]))}
+        rows.append(row)
+        print(f"{delta:>8.4g} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} {row['sim_terminates']:>27.2f} "
+              f"{row['open_loop_mse']:>13.3f}")
+    model.log_delta = log_delta
+    result["imagination"] = rows
+    print(f"3. the policy's mean action closed loop from the same starts terminates in "
+          f"{result['policy_closed_loop_terminates']:.2f} of the windows (first row: the checkpoint's own delta)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
