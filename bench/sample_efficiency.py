@@ -380,9 +380,14 @@ def plot_quality(trials: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps: list[int]) -> dict:
-    """Rebuild curves.csv, summary.md, curves.png, quality.png and sample_efficiency.json under root."""
+def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps: list[int],
+           by_experiment: bool = False) -> dict:
+    """Rebuild curves.csv, summary.md, curves.png, quality.png and sample_efficiency.json under root
+    (`by_experiment`: a row per experiment and method, for comparing settings of one method)."""
     trials = read_trials(root)
+    if by_experiment:
+        for trial in trials:
+            trial["method"] = f"{trial['experiment']}:{trial['method']}"
     if not trials:
         raise ValueError(f"no trials with results under {root / 'tune'}; run without --report-only first")
     rows = summarize(trials, env_steps=env_steps, eval_every=eval_every, fixed_steps=fixed_steps)
@@ -434,6 +439,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="bench/out/sample_efficiency", help="results go in OUTPUT/ENV/")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment")
     parser.add_argument("--report-only", action="store_true", help="rebuild the files from the results on disk")
+    parser.add_argument("--by-experiment", action="store_true",
+                        help="a table row per experiment and method (settings compared under one method name)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -448,7 +455,8 @@ def main(argv=None) -> int:
             print(f"sample efficiency on {args.env}: {len(spec.trials())} trials ({', '.join(args.methods)} x seeds "
                   f"{args.seeds}), {args.env_steps} env steps each, experiment {spec.name}", flush=True)
             run_sweep(spec, output=root / "tune", resume=args.resume, num_cpus=args.num_cpus, verbose=1)
-        report(root, env=args.env, env_steps=args.env_steps, eval_every=args.eval_every, fixed_steps=fixed)
+        report(root, env=args.env, env_steps=args.env_steps, eval_every=args.eval_every, fixed_steps=fixed,
+               by_experiment=args.by_experiment)
     except ValueError as error:
         print(f"sample_efficiency: error: {error}", file=sys.stderr)
         return 2
