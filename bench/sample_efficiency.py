@@ -421,15 +421,15 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--env", default="InvertedPendulum-v5", help="MuJoCo task id")
     parser.add_argument("--env-steps", type=int, default=20_000, help="real env steps per trial")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one trial per method and seed")
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         help=f"{', '.join(METHODS)}, or KIND@T (sag@0.3) for another temperature")
     parser.add_argument("--preset", default="cpu", help="sizes: cpu or paper (agd_ray.cli.PRESET_SETTINGS)")
     parser.add_argument("--eval-every", type=int, default=2500, help="env steps between evaluations "
                         "(rounded to whole iterations of the preset's batch)")
-    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: preset)")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (None: the preset's)")
     parser.add_argument("--fixed-steps", type=int, nargs="+", default=None,
-                        help="env steps of the table's columns (default: a quarter, half, three quarters, all)")
+                        help="env steps of the table's columns (None: a quarter, half, three quarters and all of --env-steps)")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted keys for every trial, e.g. guidance.grad_wrt=xt imagination.batch_size=512")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
