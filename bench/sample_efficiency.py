@@ -220,7 +220,10 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
 
 def _last(trial: dict, name: str):
     """The trial's last measured value of `name` (None, or an empty by-step list, is not measured)."""
-    values = [r[name] for r in trial["rows"] if r.get(name) is not None and r.get(name) != []]
+    def measured(value) -> bool:
+        return value is not None and (not isinstance(value, list) or any(v is not None for v in value))
+
+    values = [r[name] for r in trial["rows"] if measured(r.get(name))]
     return values[-1] if values else None
 
 
@@ -348,7 +351,7 @@ def plot_quality(trials: list[dict], path: Path, title: str) -> None:
         color = None
         for key, style in (("open_loop_mse_guided_by_step", "-"), ("open_loop_mse_unguided_by_step", "--")):
             last = [_last(t, key) for t in by_method[method]]
-            last = [np.asarray(v, dtype=float) for v in last if v]
+            last = [np.asarray([np.nan if x is None else x for x in v], dtype=float) for v in last if v]
             if not last:
                 continue
             width = min(len(v) for v in last)
@@ -392,7 +395,7 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
         raise ValueError(f"no trials with results under {root / 'tune'}; run without --report-only first")
     rows = summarize(trials, env_steps=env_steps, eval_every=eval_every, fixed_steps=fixed_steps)
     count = write_curves(trials, root / "curves.csv")
-    title = f"{env}: evaluation return vs env steps (mean, min-max over seeds)"
+    title = f"{env}: evaluation return (mean action; mean, min-max over seeds)"
     plot_curves(trials, root / "curves.png", env_steps=env_steps, eval_every=eval_every, title=title)
     plot_quality(trials, root / "quality.png", title=f"{env}: world-model quality (ALGORITHM.md 7)")
     table = format_table(rows, fixed_steps)
