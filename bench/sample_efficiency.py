@@ -325,7 +325,7 @@ def plot_curves(trials: list[dict], path: Path, *, env_steps: int, eval_every: i
             ax.plot(steps, returns, color=line.get_color(), alpha=0.35, lw=0.8, marker=".", ms=3)
     ax.set_xlabel("real env steps")
     ax.set_ylabel("evaluation return (mean action)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
