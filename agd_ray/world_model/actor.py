@@ -169,6 +169,7 @@ class WorldModelWorker:
         self.weights_seq_no = -1
         self._seed = int(seed)
         self._pull_count = 0
+        self._quality_env = (None, None)  # (env id, gymnasium env) for `quality`, made on first use
 
     def set_replay(self, replay) -> None:
         """Pull training windows from another replay actor from now on (the driver's replacement of a dead one)."""
@@ -261,7 +262,7 @@ class WorldModelWorker:
 
         windows = _resolve(windows)
         start = _start_observations(windows["observations"][:, 0])
-        if getattr(self, "_quality_env", (None,))[0] != env_id:
+        if self._quality_env[0] != env_id:
             import gymnasium as gym
 
             self._quality_env = (env_id, gym.make(env_id))
