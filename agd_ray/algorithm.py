@@ -124,7 +124,6 @@ class AGD(PPO):
         self._actor_generation = 0  # +1 each time `_recover_actors` recreates actors
         if not self.config.model_based:
             return
-        from agd_ray.replay.actor import ReplayActor
         from agd_ray.world_model.actor import ImaginationPool
 
         self._observation_space, self._action_space = self.env_runner_group.get_spaces()[INPUT_ENV_SINGLE_SPACES]
@@ -141,7 +140,7 @@ class AGD(PPO):
         world_model_config = self.config.world_model_config
         if world_model_config.action_bound is None and bound is not None:
             world_model_config = world_model_config.replace(action_bound=bound)
-        self._replay = ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
+        self._replay = self._make_replay()
         training = self.config.world_model_training
         model = dict(
             obs_dim=obs_dim,
@@ -164,6 +163,11 @@ class AGD(PPO):
         self._imagination = ImaginationPool(self._world_model, workers, unit_size=imagination.unit_size)
         self._connect_env_runners()
         self._push_weights_to_world_model()
+
+    def _make_replay(self):
+        from agd_ray.replay.actor import ReplayActor
+
+        return ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
 
     def _make_world_model(self):
         from agd_ray.world_model.actor import WorldModelActor
@@ -524,10 +528,8 @@ class AGD(PPO):
     def _restore_replay(self) -> None:
         """A new replay actor with the latest snapshot's contents (empty without one; a corrupt one is refused
         and not loaded), and every env runner connected to it as a new stream."""
-        from agd_ray.replay.actor import ReplayActor
-
         self._counters["replay_restarts"] += 1
-        self._replay = ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
+        self._replay = self._make_replay()
         snapshot = (self._snapshot_dir() / "replay").resolve()
         if snapshot.is_dir():
             try:

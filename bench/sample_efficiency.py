@@ -55,12 +55,15 @@ METHODS = {
 CURVE_COLUMNS = ("experiment", "method", "seed", "iteration", "env_steps", "eval_return", "train_return",
                  "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "action_z_std",
                  "open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided", "action_z_std_guided")
-# result path (nested keys) for each curve column besides those of `agd_ray.cli.result_row`
-QUALITY = {
-    "advantage_gain": ("guidance", "advantage_gain"),
-    "action_z_std": ("imagination", "action_z_std"),
-    "open_loop_mse_guided": ("quality", "open_loop_mse_guided"),
-    "open_loop_mse_unguided": ("quality", "open_loop_mse_unguided"),
+# curve columns `agd_ray.cli.result_row` already reads (its name, when it differs)
+FROM_ROW = {"iteration": "iteration", "env_steps": "env_steps", "eval_return": "eval_return_mean",
+            "train_return": "episode_return_mean", "imagined_transitions": "imagined_transitions",
+            "world_model_loss": "world_model_loss", "advantage_gain": "advantage_gain",
+            "action_z_std": "action_z_std", "open_loop_mse_guided": "open_loop_mse_guided",
+            "open_loop_mse_unguided": "open_loop_mse_unguided"}
+# and the others: result path (nested keys)
+EXTRA = {
+    "wall_s": ("time_total_s",),
     "action_z_mean_guided": ("quality", "action_z_mean_guided"),
     "action_z_std_guided": ("quality", "action_z_std_guided"),
 }
@@ -139,10 +142,8 @@ def history_rows(history: list[dict]) -> list[dict]:
     rows = []
     for result in history:
         base = result_row(result)  # evaluation only where measured; env steps of AGD or of RLlib's PPO
-        row = {"iteration": base["iteration"], "env_steps": base["env_steps"], "eval_return": base["eval_return_mean"],
-               "train_return": base["episode_return_mean"], "imagined_transitions": base["imagined_transitions"],
-               "wall_s": _lookup(result, ("time_total_s",)), "world_model_loss": base["world_model_loss"]}
-        row.update({name: _lookup(result, path) for name, path in QUALITY.items()})
+        row = {name: base[key] for name, key in FROM_ROW.items()}
+        row.update({name: _lookup(result, path) for name, path in EXTRA.items()})
         for key in BY_STEP:
             steps = (result.get("quality") or {}).get(key) or {}
             row[key] = [_lookup(steps, (f"h{h}",)) for h in range(1, len(steps) + 1)]
