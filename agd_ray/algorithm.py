@@ -154,6 +154,8 @@ class AGD(PPO):
             ),
             seed=seed,
             torch_threads=training.torch_threads,
+            source=self.config.imagination_config.source,
+            env_id=self.config.env,
         )
         self._model_kwargs = model
         self._world_model = self._make_world_model()
@@ -341,7 +343,8 @@ class AGD(PPO):
         weights (the trainer or the imagination workers run it; the driver does not wait)."""
         imagination = self.config.imagination_config
         seed = int(self.config.seed or 0) * 1_000_003 + self._counters["policy_updates"]
-        start_observations = self._replay.sample_start_states.remote(batch_size=imagination.batch_size, seed=seed)
+        start_observations = self._replay.sample_start_states.remote(
+            batch_size=imagination.batch_size, seed=seed, with_state=imagination.source == "simulator")
         self._pending_imagination = self._imagination.request(
             start_observations=start_observations, batch_size=imagination.batch_size, seed=seed,
             module_state=self._module_state, advantage_gain_windows=imagination.advantage_gain_windows)

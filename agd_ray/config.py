@@ -14,7 +14,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.utils.annotations import override
 
 from agd_ray.envs.core import validate_env_id
-from agd_ray.world_model.config import GuideConfig, WorldModelConfig, check_field as _check
+from agd_ray.world_model.config import GuideConfig, WorldModelConfig, check_choice, check_field as _check
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class WorldModelTrainingConfig:
         _check("torch_threads", self.torch_threads, self.torch_threads >= 1, "an integer >= 1")
 
 
+IMAGINATION_SOURCES = ("diffusion", "simulator")
+
+
 @dataclass(frozen=True)
 class ImaginationConfig:
     """Guided imagination feeding PPO (ALGORITHM.md section 5, steps 3-4)."""
@@ -50,6 +53,9 @@ class ImaginationConfig:
     advantage_gain_windows: int = 64  # windows of the unguided twin batch for guidance/advantage_gain (0: off)
     quality_interval: int = 0  # world-model quality (open-loop error, action z) every N iterations (0: off)
     quality_windows: int = 32  # real windows from replay per quality measurement
+    # "diffusion": the world model imagines. "simulator": the perfect-model control, windows rolled out from the
+    # same start states in the MuJoCo simulator with the policy's own samples (world_model/simulator.py).
+    source: str = "diffusion"
 
     def __post_init__(self) -> None:
         _check("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
@@ -69,6 +75,7 @@ class ImaginationConfig:
                "an integer >= 0")
         _check("quality_windows", self.quality_windows, int(self.quality_windows) == self.quality_windows >= 1,
                "an integer >= 1")
+        check_choice("source", self.source, IMAGINATION_SOURCES)
 
     def worker_resources(self, training: "WorldModelTrainingConfig") -> dict:
         """Ray resources of one imagination worker (only used when num_workers > 1)."""
@@ -251,6 +258,9 @@ class AGDConfig(PPOConfig):
         if isinstance(self.env, str):
             validate_env_id(self.env)
         if self.model_based and not self.in_evaluation:
+            guide = self.guide_config
+            _check("guidance.kind", guide.kind, self.imagination_config.source == "diffusion" or not guide.enabled,
+                   "'none' with imagination.source='simulator' (the simulator is not guided)")
             _check(
                 "minibatch_size",
                 self.minibatch_size,

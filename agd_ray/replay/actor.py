@@ -37,10 +37,12 @@ class ReplayActor:
         rng = None if seed is None else np.random.default_rng(seed)
         return self.buffer.sample_windows(batch_size, horizon, rng=rng)
 
-    def sample_start_states(self, *, batch_size: int, horizon: int = 1, seed: int | None = None) -> np.ndarray:
-        """Observations [batch_size, D_s] at valid window starts (for imagination)."""
+    def sample_start_states(self, *, batch_size: int, horizon: int = 1, seed: int | None = None,
+                            with_state: bool = False):
+        """Observations [batch_size, D_s] at valid window starts (for imagination); with `with_state` a dict
+        that adds their qpos and qvel (`ReplayBuffer.sample_start_states`)."""
         rng = None if seed is None else np.random.default_rng(seed)
-        return self.buffer.sample_start_states(batch_size, horizon=horizon, rng=rng)
+        return self.buffer.sample_start_states(batch_size, horizon=horizon, rng=rng, with_state=with_state)
 
     def normalizer_snapshot(self) -> dict:
         """The current normaliser snapshot as a plain dict (`NormalizerSnapshot.from_dict` rebuilds it)."""

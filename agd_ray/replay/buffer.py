@@ -338,10 +338,14 @@ class ReplayBuffer:
             "qvel": store["qvel"][start],
         }
 
-    def sample_start_states(self, batch_size: int, *, horizon: int = 1,
-                            rng: np.random.Generator | None = None) -> np.ndarray:
-        """Observations [B, D_s] at uniformly sampled valid starts of `horizon`-step windows."""
-        return self._slots["observations"][self._sample_starts(batch_size, horizon, rng)]
+    def sample_start_states(self, batch_size: int, *, horizon: int = 1, rng: np.random.Generator | None = None,
+                            with_state: bool = False):
+        """Observations [B, D_s] at uniformly sampled valid starts of `horizon`-step windows; with `with_state`
+        a dict of those observations and their MuJoCo states qpos [B, nq], qvel [B, nv] (simulator imagination)."""
+        start = self._sample_starts(batch_size, horizon, rng)
+        if not with_state:
+            return self._slots["observations"][start]
+        return {name: self._slots[name][start] for name in ("observations", "qpos", "qvel")}
 
     # ------------------------------------------------------------------ normaliser
     def normalizer_snapshot(self) -> NormalizerSnapshot:

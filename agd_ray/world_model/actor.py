@@ -31,8 +31,9 @@ class _ActorReplay:
     def sample_windows_async(self, batch_size: int, horizon: int, seed: int):
         return self.handle.sample_windows.remote(batch_size=batch_size, horizon=horizon, seed=seed)
 
-    def sample_start_states(self, batch_size: int, seed: int):
-        return ray.get(self.handle.sample_start_states.remote(batch_size=batch_size, seed=seed))
+    def sample_start_states(self, batch_size: int, seed: int, with_state: bool = False):
+        return ray.get(self.handle.sample_start_states.remote(batch_size=batch_size, seed=seed,
+                                                              with_state=with_state))
 
     def normalizer_snapshot(self):
         from agd_ray.world_model.normalizer import NormalizerSnapshot
@@ -53,8 +54,8 @@ class _LocalReplay:
     def sample_windows_async(self, batch_size: int, horizon: int, seed: int):
         return self.buffer.sample_windows(batch_size, horizon, rng=np.random.default_rng(seed))
 
-    def sample_start_states(self, batch_size: int, seed: int):
-        return self.buffer.sample_start_states(batch_size, rng=np.random.default_rng(seed))
+    def sample_start_states(self, batch_size: int, seed: int, with_state: bool = False):
+        return self.buffer.sample_start_states(batch_size, rng=np.random.default_rng(seed), with_state=with_state)
 
     def normalizer_snapshot(self):
         return self.buffer.normalizer_snapshot()
@@ -70,6 +71,13 @@ def _start_observations(start_states) -> np.ndarray:
     if isinstance(start_states, dict):
         start_states = start_states["observations"]
     return np.array(start_states, dtype=np.float32)
+
+
+def _sim_state(start_states, start_index: int, stop_index: int) -> dict | None:
+    """The qpos/qvel of start states start_index..stop_index when replay sent them (simulator imagination)."""
+    if not isinstance(start_states, dict) or "qpos" not in start_states:
+        return None
+    return {k: np.asarray(start_states[k][start_index:stop_index], dtype=np.float64) for k in ("qpos", "qvel")}
 
 
 def _resolve(value):
@@ -99,11 +107,12 @@ def split_request(batch_size: int, num_workers: int, unit_size: int) -> list[tup
 
 
 def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index: int, seed: int, unit_size: int,
-                    advantage_gain_windows: int = 0) -> dict:
+                    advantage_gain_windows: int = 0, sim_state: dict | None = None) -> dict:
     """Guided windows from `start_obs: [n, D_s]`, the request's windows start_index..start_index+n, sampled
     unit by unit (see the module doc) with the model's EMA weights, normaliser and delta, guided by `module`
     (policy and critic). Numpy arrays ready for `windows_to_episodes`, with the guiding policy's
-    `action_logp` and `action_dist_inputs`, plus metrics."""
+    `action_logp` and `action_dist_inputs`, plus metrics. `model` may be a `SimulatorImagination`, which
+    takes the start states' `sim_state` (qpos [n, nq], qvel [n, nv])."""
     from agd_ray.imagination import make_critic, make_policy, policy_outputs
 
     started = time.perf_counter()
@@ -113,8 +122,10 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
     first = start_index
     while first < stop_index:
         last = min((first // unit_size + 1) * unit_size, stop_index)  # units are aligned to the request
-        out = model.imagine(start_obs[first - start_index:last - start_index], policy=policy, critic=critic,
-                            guide=guide, generator=torch.Generator().manual_seed(unit_seed(seed, first)))
+        rows = slice(first - start_index, last - start_index)
+        state = {} if sim_state is None else {k: v[rows] for k, v in sim_state.items()}
+        out = model.imagine(start_obs[rows], policy=policy, critic=critic, guide=guide,
+                            generator=torch.Generator().manual_seed(unit_seed(seed, first)), **state)
         part = {k: out[k].detach().cpu().numpy() for k in _WINDOW_FIELDS}
         # per unit too: the same shapes whatever the split, so the same floating-point results
         parts.append({**part, **policy_outputs(module, part["observations"], part["actions"])})
@@ -125,7 +136,7 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
     metrics = {"num_transitions": num_transitions, "imagine_s": elapsed,
                "transitions_per_s": num_transitions / max(elapsed, 1e-9), "delta": model.delta}
     if advantage_gain_windows > 0 and start_index == 0:  # the request's first windows, whoever holds them
-        if guide.enabled:
+        if guide.enabled and sim_state is None:
             from agd_ray.world_model.diagnostics import advantage_gain
 
             gain = advantage_gain(model, start_obs[:advantage_gain_windows], policy=policy, critic=critic,
@@ -135,6 +146,16 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
             metrics["advantage_gain"] = 0.0
     return {"windows": windows, "start_index": int(start_index), "finished_at": time.time(),
             "normalizer_version": model.normalizer.version, "metrics": metrics}
+
+
+def _build_imaginer(model, source: str, env_id: str | None):
+    """What imagines for PPO: the diffusion model itself, or the simulator (`imagination.source`)."""
+    if source == "diffusion":
+        return model
+    from agd_ray.world_model.simulator import SimulatorImagination
+
+    return SimulatorImagination(env_id, model.config.horizon, action_bound=model.config.action_bound,
+                                device=model.device)
 
 
 def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, device, seed: int):
@@ -157,9 +178,11 @@ class WorldModelWorker:
     """
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, replay,
-                 batches_per_call: int = 16, seed: int = 0, device: str | None = None, torch_threads: int = 1):
+                 batches_per_call: int = 16, seed: int = 0, device: str | None = None, torch_threads: int = 1,
+                 source: str = "diffusion", env_id: str | None = None):
         torch.set_num_threads(torch_threads)
         self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
+        self.imaginer = _build_imaginer(self.model, source, env_id)
         self.guide = guide_config
         self.replay = replay if hasattr(replay, "sample_windows_async") else (
             _LocalReplay(replay) if not isinstance(replay, ray.actor.ActorHandle) else _ActorReplay(replay))
@@ -234,12 +257,15 @@ class WorldModelWorker:
         start states are sampled from replay with `seed`. unit_size: windows per generator (default: all).
         """
         if start_observations is None:
-            start_observations = self.replay.sample_start_states(batch_size, seed)
-        start_obs = _start_observations(_resolve(start_observations))
+            start_observations = self.replay.sample_start_states(batch_size, seed,
+                                                                 with_state=self.imaginer is not self.model)
+        start_states = _resolve(start_observations)
+        start_obs = _start_observations(start_states)
         stop_index = len(start_obs) if stop_index is None else int(stop_index)
-        out = imagine_windows(self.model, self.module, self.guide, start_obs[start_index:stop_index],
+        out = imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
                               start_index=start_index, seed=seed, unit_size=int(unit_size or len(start_obs)),
-                              advantage_gain_windows=advantage_gain_windows)
+                              advantage_gain_windows=advantage_gain_windows,
+                              sim_state=_sim_state(start_states, start_index, stop_index))
         out["weights_seq_no"] = self.weights_seq_no
         return out
 
@@ -317,9 +343,11 @@ class ImaginationWorker:
     """
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, seed: int = 0,
-                 device: str | None = None, torch_threads: int = 1):
+                 device: str | None = None, torch_threads: int = 1, source: str = "diffusion",
+                 env_id: str | None = None):
         torch.set_num_threads(torch_threads)
         self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
+        self.imaginer = _build_imaginer(self.model, source, env_id)
         self.guide = guide_config
         self.module = module_spec.build().to(self.model.device)
         self.module.eval()
@@ -349,10 +377,12 @@ class ImaginationWorker:
         model version, module version and log delta."""
         self._load(world_model_state, module_state)
         self.model.log_delta = float(log_delta)
-        start_obs = _start_observations(_resolve(start_observations))
-        out = imagine_windows(self.model, self.module, self.guide, start_obs[start_index:stop_index],
+        start_states = _resolve(start_observations)
+        start_obs = _start_observations(start_states)
+        out = imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
                               start_index=start_index, seed=seed, unit_size=int(unit_size),
-                              advantage_gain_windows=advantage_gain_windows)
+                              advantage_gain_windows=advantage_gain_windows,
+                              sim_state=_sim_state(start_states, start_index, stop_index))
         out["weights_seq_no"] = self.weights_seq_no
         return out
 

@@ -130,3 +130,31 @@ def test_model_free_baseline_same_harness(local_ray):
     assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= ENV_STEPS_PER_ITER
     assert "world_model" not in result and "imagination" not in result
     assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
+
+
+def test_simulator_source_feeds_ppo_on_policy_windows(local_ray):
+    """The perfect-model control (`imagination.source="simulator"`) goes through the same loop: the counters
+    hold, and its windows' actions are the policy's own samples (z = (a - mu) / sigma is N(0, 1))."""
+    config = (tiny_config().env_runners(num_env_runners=0).guidance(kind="none")
+              .imagination(batch_size=128, source="simulator"))
+    algo = config.build_algo()
+    try:
+        results = [algo.train() for _ in range(2)]
+    finally:
+        algo.stop()
+    c = counters(results[-1])
+    assert c["env_steps"] == c["rllib_env_steps"] == c["replay_size"]
+    assert c["imagination_seq_no"] == c["world_model_seq_no"] - 1
+    for result in results:
+        pairs = int(result["imagination"]["num_transitions"])
+        z_std = float(result["imagination"]["action_z_std"])
+        assert 128 <= pairs <= 128 * (HORIZON - 1)
+        assert abs(z_std - 1.0) < 5 / np.sqrt(2 * pairs)  # sampling error of a std, 5 standard errors
+
+
+def test_simulator_source_refuses_a_guide():
+    config = tiny_config().imagination(source="simulator")  # tiny_config guides with sag
+    with pytest.raises(ValueError, match="guidance.kind='sag'.*simulator"):
+        config.validate()
+    with pytest.raises(ValueError, match="source='model'.*'diffusion', 'simulator'"):
+        tiny_config().imagination(source="model")
