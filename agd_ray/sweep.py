@@ -51,6 +51,7 @@ TRAINING_KEYS = {
     "entropy_coeff": (float, lambda v: v >= 0, ">= 0"),
     "clip_param": (float, lambda v: v > 0, "> 0"),
     "vf_loss_coeff": (float, lambda v: v >= 0, ">= 0"),
+    "vf_clip_param": (float, lambda v: v > 0, "> 0 (inf: no clamp of the value loss)"),
     "kl_coeff": (float, lambda v: v >= 0, ">= 0"),
 }
 

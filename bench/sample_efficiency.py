@@ -88,10 +88,17 @@ def method_settings(name: str) -> dict:
 
 
 def parse_value(text: str):
-    """A --config value: YAML scalar rules (true, 0.3, 16, xt)."""
+    """A --config value: YAML scalar rules (true, 0.3, 16, xt), and numbers YAML 1.1 reads as strings
+    (1e9, inf)."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def build_spec(args):

@@ -14,6 +14,7 @@ ADVANTAGE_MODES = ("td1", "gae")
 SCALE_MODES = ("classifier", "reference")
 GRAD_WRT = ("x0", "xt")
 AMP_MODES = ("none", "bf16", "fp16")
+POLICY_GUIDANCE = ("score", "reparam")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -66,7 +67,11 @@ class WorldModelConfig(_Config):
     clip_last_steps: int = 10  # ... applied in this many final reverse steps
     action_clamp_sigmas: float = 3.0  # PolyGRAD: actions clamped to mu +- this many sigma
     action_bound: float | None = None  # executed-action box (policy space): the denoiser sees actions clipped to it
-    delta_init: float = 0.005  # initial policy-guidance step size
+    # Policy guidance on actions: "score" (PolyGRAD, ALGORITHM.md 3.2: a gradient step of size delta on
+    # log pi plus the posterior noise) or "reparam" (ours: a = mu(s_hat) + sigma(s_hat) eps with one eps ~ N(0, I)
+    # per window drawn once, so the actions follow the predicted states and end exactly on-policy).
+    policy_guidance: str = "score"
+    delta_init: float = 0.005  # initial policy-guidance step size ("score")
     delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step
     return_model_hidden: int = 256  # width of the reward guide's return model J (0: not trained)
     return_gamma: float = 0.99  # discount of the return J predicts
@@ -95,6 +100,7 @@ class WorldModelConfig(_Config):
         check_field("action_clamp_sigmas", self.action_clamp_sigmas, self.action_clamp_sigmas > 0, "> 0")
         check_field("action_bound", self.action_bound, self.action_bound is None or self.action_bound > 0,
                     "None or > 0")
+        check_choice("policy_guidance", self.policy_guidance, POLICY_GUIDANCE)
         check_field("delta_init", self.delta_init, self.delta_init > 0, "> 0")
         check_field("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
         check_field("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")

@@ -24,6 +24,7 @@ class SamplerSettings:
     clip_last_steps: int = 10
     action_clamp_sigmas: float = 3.0
     action_bound: float | None = None  # the denoiser is conditioned on actions clipped to +- this (None: not)
+    policy_guidance: str = "score"  # "score" (PolyGRAD's delta step) or "reparam" (mu + sigma eps, ours)
 
 
 def inpaint_start(x: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
@@ -59,9 +60,15 @@ def sample_windows(
     """Run the guided reverse process from normalised start states.
 
     start_obs: [B, D_s] normalised. Returns normalised (x_0 [B, H, D_s + 2], actions [B, H, D_a]).
-    Each step: denoise, inpaint s[0]; PolyGRAD action update with the policy on the predicted states; the
-    guide's shift of x0_hat and/or of the posterior mean; the state-change clip in the last steps (after
+    Each step: denoise, inpaint s[0]; policy guidance of the actions with the policy on the predicted states;
+    the guide's shift of x0_hat and/or of the posterior mean; the state-change clip in the last steps (after
     guidance); posterior sample; inpaint.
+
+    Policy guidance `settings.policy_guidance`: "score" is PolyGRAD's (clamp, step of size delta along
+    grad log pi, posterior noise on the actions). "reparam" (ours) draws one eps ~ N(0, I) per window and step
+    at the start and sets a = mu(s_hat) + sigma(s_hat) eps after every denoising, with no other action noise:
+    the actions move only as the predicted states do, and the returned ones are exactly the policy's
+    reparameterised samples at the returned states (z = eps), whatever delta is.
     """
     batch, obs_dim = start_obs.shape
     if settings.action_bound is not None:  # the box in normalised coordinates: [D_a] each
@@ -77,6 +84,9 @@ def sample_windows(
     shape_x, shape_a = (batch, horizon, obs_dim + 2), (batch, horizon, act_dim)
     x = inpaint_start(torch.randn(shape_x, generator=generator, device=device), start_obs)
     a = torch.randn(shape_a, generator=generator, device=device)
+    reparam = settings.policy_guidance == "reparam"
+    if reparam:
+        eps = torch.randn(shape_a, generator=generator, device=device)  # the windows' policy noise, fixed
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
@@ -91,14 +101,17 @@ def sample_windows(
         # Policy guidance on actions, with the policy evaluated on the predicted clean states.
         states_hat = normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim])  # [B, H, D_s]
         mean, std = policy(states_hat)
-        actions = policy_score_step(
-            normalizer.unnormalize("actions", a), mean, std, delta, settings.action_clamp_sigmas,
-            take_step=steps_left > 0,
-        )
+        if reparam:
+            actions = mean + std * eps
+        else:
+            actions = policy_score_step(
+                normalizer.unnormalize("actions", a), mean, std, delta, settings.action_clamp_sigmas,
+                take_step=steps_left > 0,
+            )
         a_next = normalizer.normalize("actions", actions)
         noise_a = torch.randn(shape_a, generator=generator, device=device)
         noise_x = torch.randn(shape_x, generator=generator, device=device)
-        if steps_left > 0:
+        if steps_left > 0 and not reparam:
             a_next = a_next + step.var**0.5 * noise_a
 
         # State guidance, then the posterior mean.
@@ -123,6 +136,8 @@ def sample_windows(
     # the returned actions to mu +- k sigma of the policy at the states actually returned (ours): every
     # imagined pair is then within k sigma of the policy, as the PPO ratio and the adaptive delta assume.
     mean, std = policy(normalizer.unnormalize("observations", x[..., :obs_dim]))
+    if reparam:
+        return x, normalizer.normalize("actions", mean + std * eps)
     actions = policy_score_step(normalizer.unnormalize("actions", a), mean, std, delta,
                                 settings.action_clamp_sigmas, take_step=False)
     return x, normalizer.normalize("actions", actions)

@@ -215,3 +215,69 @@ def test_denoiser_sees_actions_clipped_to_the_executed_box(model):
         actions = model.normalizer.unnormalize("actions", scaled / alpha_bar[int(t[0])])
         assert actions.abs().max() <= 0.05 + 1e-5
     assert tight["actions"].abs().max() > 0.05  # the returned actions are not clipped
+
+
+def _reparam_model(model, **changes):
+    cfg = model.config.replace(policy_guidance="reparam", **changes)
+    wm = WorldModel(DS, DA, cfg, seed=0)
+    wm.load_state_dict(model.state_dict() | {"config": cfg.to_dict()})
+    return wm
+
+
+@pytest.mark.parametrize("guide", [GuideConfig(kind="none"), GuideConfig(kind="sag", temperature=0.3)])
+def test_reparam_actions_are_exact_policy_samples_at_the_returned_states(model, guide):
+    """policy_guidance="reparam": a = mu(s) + sigma(s) eps at the states returned, with eps ~ N(0, I) drawn once
+    per window (so z is standard normal: a statistical check over many pairs), for any delta."""
+    wm = _reparam_model(model)
+    start = torch.randn(512, DS, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    outs = []
+    for log_delta in (math.log(1e-4), math.log(10.0)):
+        wm.log_delta = log_delta
+        outs.append(wm.imagine(start, policy=policy, critic=critic, guide=guide,
+                               generator=torch.Generator().manual_seed(0)))
+    for key in ("observations", "actions"):  # delta plays no part
+        assert torch.equal(outs[0][key], outs[1][key]), key
+    out = outs[0]
+    mean, std = policy(out["observations"])
+    z = ((out["actions"] - mean) / std).reshape(-1)
+    n = z.numel()
+    assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.std().item() - 1) < 4 / math.sqrt(2 * n)
+    # the score rule on the same model is far from on-policy at these states (the claim reparam fixes)
+    score = model.imagine(start, policy=policy, critic=critic, guide=guide, generator=torch.Generator().manual_seed(0))
+    mean, std = policy(score["observations"])
+    assert ((score["actions"] - mean) / std).std().item() > 1.2
+
+
+def test_reparam_actions_follow_the_predicted_states_without_noise(model):
+    """Inside the loop the denoiser sees a = mu(s_hat) + sigma(s_hat) eps of the previous step's predicted
+    states, with the same eps at every step: with a constant-sigma policy, (a - mu(s_hat)) / sigma is the same
+    tensor at every step after the first."""
+    wm = _reparam_model(model)
+    seen, predicted = [], []
+    original = wm.ema_denoiser.forward
+
+    def recording(x, scaled_actions, t):
+        seen.append((scaled_actions.detach().clone(), int(t[0])))
+        out = original(x, scaled_actions, t)
+        predicted.append(out.detach().clone())
+        return out
+
+    wm.ema_denoiser.forward = recording
+    wm.imagine(_start(), policy=policy, critic=critic, guide=GuideConfig(kind="none"),
+               generator=torch.Generator().manual_seed(0))
+    alpha_bar = {s.t: s.sqrt_alpha_bar_t for s in wm._reverse_steps}
+    norm = wm.normalizer
+    eps = []
+    for (scaled, t), prev in zip(seen[1:], predicted[:-1]):
+        actions = norm.unnormalize("actions", scaled / alpha_bar[t])
+        states = norm.unnormalize("observations", prev[..., :DS])
+        states[:, 0] = _start()  # s[0] is inpainted
+        mean, std = policy(states)
+        eps.append((actions - mean) / std)
+    for e in eps[1:]:
+        torch.testing.assert_close(e, eps[0], rtol=0, atol=1e-4)
+
+
+def test_policy_guidance_is_checked():
+    with pytest.raises(ValueError, match="policy_guidance='sample'.*'score', 'reparam'"):
+        WorldModelConfig(policy_guidance="sample")
