@@ -8,7 +8,10 @@ sampled from its replay, with MuJoCo restored to each window's start state:
    action z std at the returned states (1 = on-policy), how often the imagined windows terminate, how often the
    simulator terminates when it replays the imagined actions open loop, the open-loop state MSE
    (`diagnostics.open_loop_error`) - are the imagined actions and states a trajectory the env would produce?
-3. the policy's mean action run closed loop in the simulator from the same start states: how often it terminates.
+   The same with policy_guidance="reparam" (actions mu + sigma eps at the predicted states, exactly on-policy)
+   and "causal" (the window built one transition at a time, each action at its committed state).
+3. the policy run closed loop in the simulator from the same start states, with its mean action and with its own
+   samples (`SimulatorImagination`, what `imagination.source="simulator"` feeds PPO): how often it terminates.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/consistency.py CHECKPOINT [--env InvertedPendulum-v5] [--windows 128]
 
@@ -137,11 +140,22 @@ def main(argv=None) -> int:
                 break
     result["policy_closed_loop_terminates"] = float(closed.mean())
 
-    # 2. policy-guided imagination at several delta
+    from agd_ray.world_model.simulator import SimulatorImagination
+
+    simulator = SimulatorImagination(env_id, horizon, action_bound=model.config.action_bound)
+    sampled = simulator.imagine(real["observations"][:, 0], policy=policy, qpos=real["qpos"], qvel=real["qvel"],
+                                generator=torch.Generator().manual_seed(0))
+    result["policy_samples_closed_loop_terminates"] = float(sampled["terminals"].any(1).float().mean())
+
+    # 2. policy-guided imagination at several delta, then with the reparameterised policy guidance
     rows = []
-    print(f"{'delta':>8} {'z std':>6} {'imagined term':>13} {'sim term (imagined actions)':>27} {'open-loop MSE':>13}")
-    for delta in [math.exp(log_delta), *args.deltas]:
-        model.log_delta = math.log(delta)
+    print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'sim term (imagined actions)':>27} "
+          f"{'open-loop MSE':>13}")
+    config = model.config
+    for mode, delta in [*(("score", d) for d in [math.exp(log_delta), *args.deltas]), ("reparam", None),
+                        ("causal", None)]:
+        model.config = config.replace(policy_guidance=mode)
+        model.log_delta = math.log(delta) if delta is not None else log_delta
         out = model.imagine(real["observations"][:, 0], policy=policy, critic=critic, guide=GuideConfig(kind="none"),
                             generator=torch.Generator().manual_seed(0))
         mean, std = policy(out["observations"])
@@ -149,15 +163,18 @@ def main(argv=None) -> int:
         env_actions = unsquash_action(out["actions"].detach().numpy().astype(np.float64), env.action_space)
         sim = sim_termination(env, real["qpos"], real["qvel"], env_actions)
         error = open_loop_error(env, real["qpos"], real["qvel"], env_actions, out["observations"])
-        row = {"delta": delta, "z_std": z_std, "imagined_terminates": float(out["terminals"].any(1).float().mean()),
+        row = {"policy_guidance": mode, "delta": delta, "z_std": z_std,
+               "imagined_terminates": float(out["terminals"].any(1).float().mean()),
                "sim_terminates": float(sim.mean()), "open_loop_mse": float(np.nanmean(error[1:]))}
         rows.append(row)
-        print(f"{delta:>8.4g} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} {row['sim_terminates']:>27.2f} "
+        label = f"score {delta:.4g}" if delta is not None else mode
+        print(f"{label:>16} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} {row['sim_terminates']:>27.2f} "
               f"{row['open_loop_mse']:>13.3f}")
-    model.log_delta = log_delta
+    model.config, model.log_delta = config, log_delta
     result["imagination"] = rows
-    print(f"3. the policy's mean action closed loop from the same starts terminates in "
-          f"{result['policy_closed_loop_terminates']:.2f} of the windows (first row: the checkpoint's own delta)")
+    print(f"3. the policy closed loop from the same starts terminates in {result['policy_closed_loop_terminates']:.2f} "
+          f"of the windows with its mean action, {result['policy_samples_closed_loop_terminates']:.2f} with its samples "
+          f"(first row: the checkpoint's own delta)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"-> {args.out}")

@@ -1,9 +1,12 @@
 """Sample efficiency: evaluation return against real env steps for every method, through the Tune harness.
 
-Methods (`--methods`, default all): `ppo` (model-free PPO on real data), `polygrad` (guide none: policy-guided
-actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage guidance at
-agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings, ALGORITHM.md 3,
-`GuideConfig.reference`). `sag@0.3` / `eag@3` are the same guides at another temperature. Each method x seed
+Methods (`--methods`, default the first six): `ppo` (model-free PPO on real data), `polygrad` (guide none:
+policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage
+guidance at agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings,
+ALGORITHM.md 3, `GuideConfig.reference`); `polygrad-causal` and `sag-causal` (the causal sampler,
+`world_model.policy_guidance="causal"`); `simulator` (the perfect-model control, `imagination.source=
+"simulator"`: an upper bound for learning from these windows, not a method). `sag@0.3` / `eag@3` are the same
+guides at another temperature. Each method x seed
 is one trial of an `agd-ray sweep` (the same `SweepSpec`, `AGD` trainable, stopper and checkpoints), evaluated
 with the mean action every `--eval-every` env steps (rounded to whole iterations); the world-model quality of
 ALGORITHM.md 7 (open-loop error by step, guided and unguided; action z) is measured on the same runs
@@ -51,6 +54,11 @@ METHODS = {
     "sag": {"guidance.kind": "sag", "guidance.temperature": 1.0},
     "eag": {"guidance.kind": "eag", "guidance.temperature": 1.0},
     "sag-reference": REFERENCE_SAG,
+    # ours: the causal sampler (world_model.policy_guidance="causal") without and with advantage guidance
+    "polygrad-causal": {"guidance.kind": "none", "world_model.policy_guidance": "causal"},
+    "sag-causal": {"guidance.kind": "sag", "guidance.temperature": 1.0, "world_model.policy_guidance": "causal"},
+    # the perfect-model control: the same windows rolled out in the simulator (not a method: an upper bound)
+    "simulator": {"guidance.kind": "none", "imagination.source": "simulator"},
 }
 CURVE_COLUMNS = ("experiment", "method", "seed", "iteration", "env_steps", "eval_return", "train_return",
                  "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "action_z_std",
@@ -433,7 +441,7 @@ def main(argv=None) -> int:
     parser.add_argument("--env", default="InvertedPendulum-v5", help="MuJoCo task id")
     parser.add_argument("--env-steps", type=int, default=20_000, help="real env steps per trial")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one trial per method and seed")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+    parser.add_argument("--methods", nargs="+", default=list(METHODS)[:6],
                         help=f"{', '.join(METHODS)}, or KIND@T (sag@0.3) for another temperature")
     parser.add_argument("--preset", default="cpu", help="sizes: cpu or paper (agd_ray.cli.PRESET_SETTINGS)")
     parser.add_argument("--eval-every", type=int, default=2500, help="env steps between evaluations "

@@ -14,7 +14,7 @@ ADVANTAGE_MODES = ("td1", "gae")
 SCALE_MODES = ("classifier", "reference")
 GRAD_WRT = ("x0", "xt")
 AMP_MODES = ("none", "bf16", "fp16")
-POLICY_GUIDANCE = ("score", "reparam")
+POLICY_GUIDANCE = ("score", "reparam", "causal")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -68,8 +68,9 @@ class WorldModelConfig(_Config):
     action_clamp_sigmas: float = 3.0  # PolyGRAD: actions clamped to mu +- this many sigma
     action_bound: float | None = None  # executed-action box (policy space): the denoiser sees actions clipped to it
     # Policy guidance on actions: "score" (PolyGRAD, ALGORITHM.md 3.2: a gradient step of size delta on
-    # log pi plus the posterior noise) or "reparam" (ours: a = mu(s_hat) + sigma(s_hat) eps with one eps ~ N(0, I)
-    # per window drawn once, so the actions follow the predicted states and end exactly on-policy).
+    # log pi plus the posterior noise), "reparam" (ours: a = mu(s_hat) + sigma(s_hat) eps with one eps ~ N(0, I)
+    # per window drawn once, so the actions follow the predicted states and end exactly on-policy) or "causal"
+    # (ours: the window is built one transition at a time, H - 1 reverse processes; see sampler.sample_windows).
     policy_guidance: str = "score"
     delta_init: float = 0.005  # initial policy-guidance step size ("score")
     delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step

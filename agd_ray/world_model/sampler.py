@@ -41,6 +41,28 @@ def q_sample(x0: torch.Tensor, sqrt_alpha_bar: torch.Tensor, noise: torch.Tensor
     return sab * x0 + (1.0 - sab**2) ** 0.5 * noise
 
 
+@dataclass
+class _Prefix:
+    """What the causal sampler has committed (normalised): states s[0..P-1] [B, P, D_s], rewards and terminals of
+    the transitions between them [B, P-1, 2], and the actions at those states a[0..P-1] [B, P, D_a]."""
+
+    states: torch.Tensor
+    reward_terminal: torch.Tensor
+    actions: torch.Tensor
+
+    def inpaint(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        obs_dim, committed = self.states.shape[-1], self.reward_terminal.shape[1]
+        x[:, : self.states.shape[1], :obs_dim] = self.states
+        x[:, :committed, obs_dim:] = self.reward_terminal
+        return x
+
+    def fix_actions(self, a: torch.Tensor) -> torch.Tensor:
+        a = a.clone()
+        a[:, : self.actions.shape[1]] = self.actions
+        return a
+
+
 @torch.no_grad()
 def sample_windows(
     denoiser: torch.nn.Module,
@@ -68,9 +90,63 @@ def sample_windows(
     grad log pi, posterior noise on the actions). "reparam" (ours) draws one eps ~ N(0, I) per window and step
     at the start and sets a = mu(s_hat) + sigma(s_hat) eps after every denoising, with no other action noise:
     the actions move only as the predicted states do, and the returned ones are exactly the policy's
-    reparameterised samples at the returned states (z = eps), whatever delta is.
+    reparameterised samples at the returned states (z = eps), whatever delta is. "causal" (ours) builds the
+    window one transition at a time: with s[0..h] committed, a[h] = mu(s[h]) + sigma(s[h]) eps[h] is fixed at the
+    committed state, a reverse process (reparam actions beyond h) with s[0..h], r/d[0..h-1] and a[0..h] inpainted
+    samples the window, and its s[h+1], r[h], d[h] are committed; H - 1 reverse processes in all. Every action is
+    then the policy's sample at the state it is paired with, and every state follows the actions before it, as
+    in a rollout (the joint rules let a high-gain policy and the predicted states chase each other).
     """
+    if settings.policy_guidance != "causal":
+        eps = None
+        if settings.policy_guidance == "reparam":
+            eps = torch.randn((start_obs.shape[0], denoiser.horizon, act_dim), generator=generator,
+                              device=start_obs.device)
+        return _reverse_process(denoiser, steps, start_obs, act_dim=act_dim, policy=policy, critic=critic,
+                                guide=guide, normalizer=normalizer, delta=delta, settings=settings,
+                                generator=generator, autocast=autocast, eps=eps)
     batch, obs_dim = start_obs.shape
+    horizon, device = denoiser.horizon, start_obs.device
+    eps = torch.randn((batch, horizon, act_dim), generator=generator, device=device)
+
+    def committed_action(state: torch.Tensor, h: int) -> torch.Tensor:  # [B, D_s] -> [B, 1, D_a] (normalised)
+        mean, std = policy(normalizer.unnormalize("observations", state))
+        return normalizer.normalize("actions", mean + std * eps[:, h])[:, None]
+
+    prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)), committed_action(start_obs, 0))
+    for h in range(horizon - 1):
+        x, _ = _reverse_process(denoiser, steps, start_obs, act_dim=act_dim, policy=policy, critic=critic,
+                                guide=guide, normalizer=normalizer, delta=delta, settings=settings,
+                                generator=generator, autocast=autocast, eps=eps, prefix=prefix)
+        prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
+                         torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim:]], dim=1),
+                         torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
+    # r[H-1], d[H-1] (the transition out of the window's last state) as the last reverse process predicted them
+    return prefix.inpaint(x), prefix.actions
+
+
+def _reverse_process(
+    denoiser: torch.nn.Module,
+    steps: list[ReverseStep],
+    start_obs: torch.Tensor,
+    *,
+    act_dim: int,
+    policy: Policy,
+    critic: Critic | None,
+    guide,
+    normalizer: NormalizerSnapshot,
+    delta: float,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    autocast,
+    eps: torch.Tensor | None,
+    prefix: _Prefix | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One guided reverse process (see `sample_windows`); reparameterised actions when `eps` is given; with
+    `prefix`, its states, rewards/terminals and actions are inpainted at every step (else only s[0])."""
+    batch, obs_dim = start_obs.shape
+    if prefix is None:
+        prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)), start_obs.new_zeros((batch, 0, act_dim)))
     if settings.action_bound is not None:  # the box in normalised coordinates: [D_a] each
         box = torch.full((act_dim,), float(settings.action_bound), device=start_obs.device)
         low, high = normalizer.normalize("actions", -box), normalizer.normalize("actions", box)
@@ -82,11 +158,9 @@ def sample_windows(
     horizon = denoiser.horizon
     device = start_obs.device
     shape_x, shape_a = (batch, horizon, obs_dim + 2), (batch, horizon, act_dim)
-    x = inpaint_start(torch.randn(shape_x, generator=generator, device=device), start_obs)
-    a = torch.randn(shape_a, generator=generator, device=device)
-    reparam = settings.policy_guidance == "reparam"
-    if reparam:
-        eps = torch.randn(shape_a, generator=generator, device=device)  # the windows' policy noise, fixed
+    x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
+    a = prefix.fix_actions(torch.randn(shape_a, generator=generator, device=device))
+    reparam = eps is not None
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
@@ -96,7 +170,7 @@ def sample_windows(
             x_in = x.requires_grad_(True) if guide.differentiate_xt else x
             with autocast():
                 x0_hat = denoiser(x_in, scaled_actions, timesteps)
-            x0_hat = inpaint_start(x0_hat.float(), start_obs)  # [B, H, D_s + 2]
+            x0_hat = prefix.inpaint(x0_hat.float())  # [B, H, D_s + 2]
 
         # Policy guidance on actions, with the policy evaluated on the predicted clean states.
         states_hat = normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim])  # [B, H, D_s]
@@ -113,6 +187,7 @@ def sample_windows(
         noise_x = torch.randn(shape_x, generator=generator, device=device)
         if steps_left > 0 and not reparam:
             a_next = a_next + step.var**0.5 * noise_a
+        a_next = prefix.fix_actions(a_next)
 
         # State guidance, then the posterior mean.
         shift = guide.shift(
@@ -130,14 +205,14 @@ def sample_windows(
                                                                   settings.clip_state_change)
             mu = torch.cat([x[..., :obs_dim] + change, mu[..., obs_dim:]], dim=-1)
         x = mu + step.var**0.5 * noise_x if steps_left > 0 else mu
-        x = inpaint_start(x, start_obs)
+        x = prefix.inpaint(x)
         a = a_next
     # The returned states differ from the last step's predicted ones (state-change clip, guidance), so clamp
     # the returned actions to mu +- k sigma of the policy at the states actually returned (ours): every
     # imagined pair is then within k sigma of the policy, as the PPO ratio and the adaptive delta assume.
     mean, std = policy(normalizer.unnormalize("observations", x[..., :obs_dim]))
     if reparam:
-        return x, normalizer.normalize("actions", mean + std * eps)
+        return x, prefix.fix_actions(normalizer.normalize("actions", mean + std * eps))
     actions = policy_score_step(normalizer.unnormalize("actions", a), mean, std, delta,
                                 settings.action_clamp_sigmas, take_step=False)
     return x, normalizer.normalize("actions", actions)

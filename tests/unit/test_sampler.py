@@ -218,7 +218,7 @@ def test_denoiser_sees_actions_clipped_to_the_executed_box(model):
 
 
 def _reparam_model(model, **changes):
-    cfg = model.config.replace(policy_guidance="reparam", **changes)
+    cfg = model.config.replace(**{"policy_guidance": "reparam", **changes})
     wm = WorldModel(DS, DA, cfg, seed=0)
     wm.load_state_dict(model.state_dict() | {"config": cfg.to_dict()})
     return wm
@@ -281,3 +281,41 @@ def test_reparam_actions_follow_the_predicted_states_without_noise(model):
 def test_policy_guidance_is_checked():
     with pytest.raises(ValueError, match="policy_guidance='sample'.*'score', 'reparam'"):
         WorldModelConfig(policy_guidance="sample")
+
+
+def test_causal_windows_commit_one_transition_per_reverse_process(model):
+    """policy_guidance="causal": H - 1 reverse processes of K steps; while the h-th runs, the returned s[0..h],
+    r/d[0..h-1] and a[0..h] are already what it is fed (inpainted, never changed later), and every returned action
+    is the policy's sample at the state it is paired with (z standard normal, a statistical check)."""
+    wm = _reparam_model(model, policy_guidance="causal")
+    seen = []
+    original = wm.ema_denoiser.forward
+
+    def recording(x, scaled_actions, t):
+        seen.append((x.detach().clone(), scaled_actions.detach().clone(), int(t[0])))
+        return original(x, scaled_actions, t)
+
+    wm.ema_denoiser.forward = recording
+    start = torch.randn(256, DS, generator=torch.Generator().manual_seed(4)) * 2 + 1
+    out = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", temperature=0.3),
+                     generator=torch.Generator().manual_seed(0))
+    del wm.ema_denoiser.forward
+    k = len(wm._reverse_steps)
+    assert len(seen) == (H - 1) * k
+    norm = wm.normalizer
+    states = norm.normalize("observations", out["observations"])
+    actions = norm.normalize("actions", out["actions"])
+    rewards = norm.normalize("rewards", out["rewards"])
+    alpha_bar = {s.t: s.sqrt_alpha_bar_t for s in wm._reverse_steps}
+    for i, (x, scaled, t) in enumerate(seen):
+        h = i // k
+        torch.testing.assert_close(x[:, : h + 1, :DS], states[:, : h + 1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(x[:, :h, DS], rewards[:, :h], rtol=0, atol=1e-5)
+        torch.testing.assert_close(scaled[:, : h + 1] / alpha_bar[t], actions[:, : h + 1], rtol=0, atol=1e-4)
+    mean, std = policy(out["observations"])
+    z = ((out["actions"] - mean) / std).reshape(-1)
+    n = z.numel()
+    assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.std().item() - 1) < 4 / math.sqrt(2 * n)
+    again = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", temperature=0.3),
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again["observations"], out["observations"]) and torch.equal(again["actions"], out["actions"])
