@@ -11,6 +11,8 @@ The real env steps it costs are not counted (it is a diagnostic, not a method).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -20,25 +22,17 @@ class SimulatorImagination:
 
     env_id: a MuJoCo gymnasium id. horizon: window length H. action_bound: the box the env executes in the
     policy's action space (`executed_action_bound`; 1.0 when RLlib normalises actions), None when the policy acts
-    in the env's own units (then the env's bounds clip). `delta` and `normalizer` exist for `imagine_windows`'s
-    metrics only; nothing here uses them.
+    in the env's own units (then the env's bounds clip).
     """
-
-    class _Config:
-        def __init__(self, horizon: int) -> None:
-            self.horizon = int(horizon)
-
-    class _Normalizer:
-        version = 0
 
     def __init__(self, env_id: str, horizon: int, *, action_bound: float | None, device="cpu") -> None:
         import gymnasium as gym
 
         self.env_id = env_id
         self.device = device  # where the policy module lives
-        self.config = self._Config(horizon)
-        self.normalizer = self._Normalizer()
-        self.delta = float("nan")
+        self.config = SimpleNamespace(horizon=int(horizon))  # what imagine_windows reads of a model's config
+        self.normalizer = SimpleNamespace(version=0)  # no normaliser: windows are in the env's own units
+        self.delta = float("nan")  # no policy-guidance step
         self.action_bound = action_bound
         self._envs: list = []  # unwrapped MuJoCo envs, one per window of a unit, made on first use
         probe = gym.make(env_id)
