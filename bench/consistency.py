@@ -111,11 +111,11 @@ def main(argv=None) -> int:
     def replay_actions(states):
         return actions.to(states.dtype), torch.full_like(actions, 1e-3)
 
-    log_delta = model.log_delta
-    model.log_delta = 0.0
+    log_delta, config = model.log_delta, model.config
+    model.log_delta, model.config = 0.0, config.replace(policy_guidance="score")  # step factor 1: a = that action
     out = model.imagine(real["observations"][:, 0], policy=replay_actions, critic=critic,
                         guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
-    model.log_delta = log_delta
+    model.log_delta, model.config = log_delta, config
     conditioned = ((out["observations"].numpy() - real["observations"]) ** 2)[alive].mean(axis=(0, 2))
     no_change = ((real["observations"] - real["observations"][:, :1]) ** 2)[alive].mean(axis=(0, 2))
     result["conditioned_mse_by_step"] = conditioned[1:].round(4).tolist()
@@ -151,7 +151,6 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'sim term (imagined actions)':>27} "
           f"{'open-loop MSE':>13}")
-    config = model.config
     for mode, delta in [*(("score", d) for d in [math.exp(log_delta), *args.deltas]), ("reparam", None),
                         ("causal", None)]:
         model.config = config.replace(policy_guidance=mode)
