@@ -110,10 +110,11 @@ def matmul_gflops(n: int, device: torch.device, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def build_model(size: str, sampling_steps: int, device: torch.device) -> WorldModel:
+def build_model(size: str, sampling_steps: int, device: torch.device, policy_guidance: str = "score") -> WorldModel:
     hidden, layers = SIZES[size]
     config = WorldModelConfig(horizon=HORIZON, hidden_dim=hidden, num_layers=layers, diffusion_steps=DIFFUSION_STEPS,
-                              sampling_steps=sampling_steps, ema_start=0, return_model_hidden=0)
+                              sampling_steps=sampling_steps, ema_start=0, return_model_hidden=0,
+                              policy_guidance=policy_guidance)
     return WorldModel(OBS_DIM, ACT_DIM, config=config, device=str(device), seed=0)
 
 
@@ -132,18 +133,21 @@ def time_imagine(wm, start, policy, critic, guide, device, seed: int = 0) -> dic
     return {"total": elapsed, **{name: c.total for name, c in clocks.items()}}
 
 
-def bench_config(batch, size, steps_name, guide_name, *, device, repeats, budget, policy, critic) -> dict:
-    """Median over repeats of one configuration; long ones timed over k < K reverse steps and scaled."""
+def bench_config(batch, size, steps_name, guide_name, *, device, repeats, budget, policy, critic,
+                 policy_guidance: str = "score") -> dict:
+    """Median over repeats of one configuration; long ones timed over k < K reverse steps and scaled. The
+    causal rule runs H - 1 reverse processes: its denoiser calls are (H - 1) x K."""
     num_steps = STEPS[steps_name]
+    processes = HORIZON - 1 if policy_guidance == "causal" else 1
     guide = GUIDES[guide_name]
     start = torch.randn(batch, OBS_DIM, generator=torch.Generator().manual_seed(1)).to(device)
     # Calibrate (and warm up) with two reverse steps, then time as many steps as the budget allows.
-    probe = build_model(size, 2, device)
+    probe = build_model(size, 2, device, policy_guidance)
     time_imagine(probe, start, policy, critic, guide, device)
     per_step = time_imagine(probe, start, policy, critic, guide, device)["total"] / 2
     fits = repeats * per_step * num_steps <= 1.5 * budget
     measured = num_steps if fits else min(num_steps, max(2, int(budget / (repeats * per_step))))
-    wm = probe if measured == 2 else build_model(size, measured, device)
+    wm = probe if measured == 2 else build_model(size, measured, device, policy_guidance)
     if measured != 2:
         time_imagine(wm, start, policy, critic, guide, device)  # warm-up at the timed shape
     runs = [time_imagine(wm, start, policy, critic, guide, device) for _ in range(repeats)]
@@ -155,12 +159,12 @@ def bench_config(batch, size, steps_name, guide_name, *, device, repeats, budget
     return {
         "batch": batch, "size": size, "hidden_dim": SIZES[size][0], "num_layers": SIZES[size][1],
         "steps": steps_name, "sampling_steps": num_steps, "measured_steps": measured, "guide": guide_name,
-        "seconds_per_imagine": seconds,
+        "policy_guidance": policy_guidance, "seconds_per_imagine": seconds,
         "transitions_per_s": batch * HORIZON / seconds,
-        "denoiser_calls_per_s": num_steps / seconds,
+        "denoiser_calls_per_s": processes * num_steps / seconds,
         "denoiser_flops_per_call": flops_per_call,
-        "denoiser_gflops_per_s": flops_per_call * num_steps / (median["denoiser"] * scale) / 1e9,
-        "effective_gflops_per_s": flops_per_call * num_steps / seconds / 1e9,
+        "denoiser_gflops_per_s": flops_per_call * processes * num_steps / (median["denoiser"] * scale) / 1e9,
+        "effective_gflops_per_s": flops_per_call * processes * num_steps / seconds / 1e9,
         "fraction": {key: median[key] / median["total"] for key in ("denoiser", "policy", "critic")}
         | {"other": other / median["total"]},
     }
@@ -177,7 +181,7 @@ def cpu_name() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'batch':>5} {'size':>5} {'steps':>11} {'guide':>5} {'s/imagine':>9} {'trans/s':>9} {'calls/s':>8} "
+    head = (f"{'batch':>5} {'size':>5} {'steps':>11} {'guide':>5} {'rule':>7} {'s/imagine':>9} {'trans/s':>9} {'calls/s':>8} "
             f"{'MFLOP/call':>10} {'GFLOP/s':>7} {'ceil':>5} {'%ceil':>5} {'den%':>4} {'pol%':>4} {'crit%':>5} {'other%':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -185,7 +189,8 @@ def format_table(rows: list[dict]) -> str:
                                                           else f"/{r['measured_steps']}")
         f = r["fraction"]
         lines.append(
-            f"{r['batch']:>5} {r['size']:>5} {steps:>11} {r['guide']:>5} {r['seconds_per_imagine']:>9.3f} "
+            f"{r['batch']:>5} {r['size']:>5} {steps:>11} {r['guide']:>5} {r.get('policy_guidance', 'score'):>7} "
+            f"{r['seconds_per_imagine']:>9.3f} "
             f"{r['transitions_per_s']:>9.0f} {r['denoiser_calls_per_s']:>8.1f} "
             f"{r['denoiser_flops_per_call'] / 1e6:>10.1f} {r['denoiser_gflops_per_s']:>7.1f} "
             f"{r['matmul_ceiling_gflops']:>5.0f} {100 * r['denoiser_gflops_per_s'] / r['matmul_ceiling_gflops']:>5.0f} "
@@ -217,6 +222,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="a few small configurations (smoke run)")
+    parser.add_argument("--policy-guidance", nargs="+", default=["score"], choices=["score", "reparam", "causal"],
+                        help="the sampler's action rules, side by side (causal: H - 1 reverse processes per window)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 64 256 1024)")
+    parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES), help="model sizes (default all)")
+    parser.add_argument("--steps", nargs="+", default=None, choices=list(STEPS), help="step settings (default all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed imagine calls per configuration (median)")
     parser.add_argument("--budget", type=float, default=8.0,
                         help="seconds of timed work per configuration; beyond it fewer reverse steps are timed")
@@ -241,7 +251,8 @@ def main(argv=None) -> None:
     if args.profile:
         profile(device, policy, critic)
         return
-    batches, sizes, steps, guides = [64, 256, 1024], list(SIZES), list(STEPS), list(GUIDES)
+    batches, sizes, steps, guides = args.batches or [64, 256, 1024], args.sizes or list(SIZES), \
+        args.steps or list(STEPS), list(GUIDES)
     if args.quick:
         batches, sizes, steps = [64], ["cpu"], ["strided"]
         args.repeats, args.budget = min(args.repeats, 2), min(args.budget, 1.0)
@@ -252,13 +263,14 @@ def main(argv=None) -> None:
         for batch in batches:
             for steps_name in steps:
                 for guide_name in guides:
-                    # The cores are shared: a ceiling measured next to each configuration tracks the load.
-                    load, row_ceiling = os.getloadavg()[0], matmul_gflops(2048, device, repeats=3)
-                    row = bench_config(batch, size, steps_name, guide_name, device=device, repeats=args.repeats,
-                                       budget=args.budget, policy=policy, critic=critic)
-                    row.update(matmul_ceiling_gflops=row_ceiling, load_average_1min=load)
-                    rows.append(row)
-                    print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                    for rule in args.policy_guidance:
+                        # The cores are shared: a ceiling measured next to each configuration tracks the load.
+                        load, row_ceiling = os.getloadavg()[0], matmul_gflops(2048, device, repeats=3)
+                        row = bench_config(batch, size, steps_name, guide_name, device=device, repeats=args.repeats,
+                                           budget=args.budget, policy=policy, critic=critic, policy_guidance=rule)
+                        row.update(matmul_ceiling_gflops=row_ceiling, load_average_1min=load)
+                        rows.append(row)
+                        print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
     ceiling_after = matmul_gflops(2048, device)
     meta = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
