@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -97,14 +98,14 @@ def sample_windows(
     then the policy's sample at the state it is paired with, and every state follows the actions before it, as
     in a rollout (the joint rules let a high-gain policy and the predicted states chase each other).
     """
+    job = _Job(denoiser, steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
+               autocast)
     if settings.policy_guidance != "causal":
         eps = None
         if settings.policy_guidance == "reparam":
             eps = torch.randn((start_obs.shape[0], denoiser.horizon, act_dim), generator=generator,
                               device=start_obs.device)
-        return _reverse_process(denoiser, steps, start_obs, act_dim=act_dim, policy=policy, critic=critic,
-                                guide=guide, normalizer=normalizer, delta=delta, settings=settings,
-                                generator=generator, autocast=autocast, eps=eps)
+        return _reverse_process(job, eps=eps)
     batch, obs_dim = start_obs.shape
     horizon, device = denoiser.horizon, start_obs.device
     eps = torch.randn((batch, horizon, act_dim), generator=generator, device=device)
@@ -115,9 +116,7 @@ def sample_windows(
 
     prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)), committed_action(start_obs, 0))
     for h in range(horizon - 1):
-        x, _ = _reverse_process(denoiser, steps, start_obs, act_dim=act_dim, policy=policy, critic=critic,
-                                guide=guide, normalizer=normalizer, delta=delta, settings=settings,
-                                generator=generator, autocast=autocast, eps=eps, prefix=prefix)
+        x, _ = _reverse_process(job, eps=eps, prefix=prefix)
         prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
                          torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim:]], dim=1),
                          torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
@@ -125,28 +124,32 @@ def sample_windows(
     return prefix.inpaint(x), prefix.actions
 
 
-def _reverse_process(
-    denoiser: torch.nn.Module,
-    steps: list[ReverseStep],
-    start_obs: torch.Tensor,
-    *,
-    act_dim: int,
-    policy: Policy,
-    critic: Critic | None,
-    guide,
-    normalizer: NormalizerSnapshot,
-    delta: float,
-    settings: SamplerSettings,
-    generator: torch.Generator,
-    autocast,
-    eps: torch.Tensor | None,
-    prefix: _Prefix | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+class _Job(NamedTuple):
+    """The arguments of one `sample_windows` call, shared by its reverse processes."""
+
+    denoiser: torch.nn.Module
+    steps: list
+    start_obs: torch.Tensor
+    act_dim: int
+    policy: Policy
+    critic: Critic | None
+    guide: object
+    normalizer: NormalizerSnapshot
+    delta: float
+    settings: SamplerSettings
+    generator: torch.Generator
+    autocast: object
+
+
+def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | None = None):
     """One guided reverse process (see `sample_windows`); reparameterised actions when `eps` is given; with
     `prefix`, its states, rewards/terminals and actions are inpainted at every step (else only s[0])."""
+    (denoiser, steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
+     autocast) = job
     batch, obs_dim = start_obs.shape
     if prefix is None:
-        prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)), start_obs.new_zeros((batch, 0, act_dim)))
+        prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)),
+                         start_obs.new_zeros((batch, 0, act_dim)))
     if settings.action_bound is not None:  # the box in normalised coordinates: [D_a] each
         box = torch.full((act_dim,), float(settings.action_bound), device=start_obs.device)
         low, high = normalizer.normalize("actions", -box), normalizer.normalize("actions", box)

@@ -26,8 +26,8 @@ def starts():
 
 def imagine(starts, seed=0, n=64):
     sim = SimulatorImagination("InvertedPendulum-v5", HORIZON, action_bound=1.0)
-    out = sim.imagine(starts["observations"][:n, 0], policy=linear_policy, generator=torch.Generator().manual_seed(seed),
-                      qpos=starts["qpos"][:n], qvel=starts["qvel"][:n])
+    out = sim.imagine(starts["observations"][:n, 0], policy=linear_policy,
+                      generator=torch.Generator().manual_seed(seed), qpos=starts["qpos"][:n], qvel=starts["qvel"][:n])
     return sim, {k: v.numpy() for k, v in out.items() if torch.is_tensor(v)}
 
 
