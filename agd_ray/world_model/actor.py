@@ -175,6 +175,8 @@ class WorldModelWorker:
 
     replay: a `ReplayActor` handle or an in-process `ReplayBuffer`. module_spec: the RLModuleSpec
     (`config.get_rl_module_spec(..., inference_only=False)`) the policy and critic are rebuilt from.
+    source: `imagination.source`; with "simulator" the windows for PPO are rolled out in `env_id` (the model still
+    trains, and `quality` still measures it).
     """
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, replay,

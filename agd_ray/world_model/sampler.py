@@ -25,7 +25,7 @@ class SamplerSettings:
     clip_last_steps: int = 10
     action_clamp_sigmas: float = 3.0
     action_bound: float | None = None  # the denoiser is conditioned on actions clipped to +- this (None: not)
-    policy_guidance: str = "score"  # "score" (PolyGRAD's delta step) or "reparam" (mu + sigma eps, ours)
+    policy_guidance: str = "score"  # "score" (PolyGRAD), "reparam" or "causal" (ours); see sample_windows
 
 
 def inpaint_start(x: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
