@@ -49,12 +49,14 @@ class SimulatorImagination:
         return self._envs[index]
 
     def executed(self, actions: np.ndarray) -> np.ndarray:
-        """Policy-space actions [..., D_a] -> what the env executes (RLlib's unsquash of the clipped sample)."""
-        low, high = self.action_space.low, self.action_space.high
+        """Policy-space actions [..., D_a] -> what the env executes: RLlib's own `unsquash_action` of the sample
+        clipped to the box (as its env runners do when they normalise actions), else the env's bounds."""
+        from ray.rllib.utils.spaces.space_utils import unsquash_action
+
         if self.action_bound is None:
-            return np.clip(actions, low, high)
-        clipped = np.clip(actions, -self.action_bound, self.action_bound)
-        return low + (clipped + self.action_bound) * (high - low) / (2.0 * self.action_bound)
+            return np.clip(actions, self.action_space.low, self.action_space.high)
+        clipped = np.clip(actions, -self.action_bound, self.action_bound) / self.action_bound
+        return unsquash_action(clipped, self.action_space)
 
     @torch.no_grad()
     def imagine(self, start_obs, *, policy, critic=None, guide=None, generator: torch.Generator | None = None,
