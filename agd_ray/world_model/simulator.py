@@ -101,7 +101,8 @@ class SimulatorImagination:
                 if terminated:
                     done[b] = True
                     terminals[b, h] = True
-            observations[done & ~terminals[:, h], h + 1] = observations[done & ~terminals[:, h], h]
+            padded = done & ~terminals[:, h]  # ended at an earlier step: repeat the last state
+            observations[padded, h + 1] = observations[padded, h]
             terminals[done, h] = True
         return {
             "observations": torch.as_tensor(observations),
