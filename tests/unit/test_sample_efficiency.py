@@ -20,6 +20,7 @@ def test_reference_method_is_the_reference_guide():
 def test_method_names():
     assert se.method_settings("sag@0.3") == {"guidance.kind": "sag", "guidance.temperature": 0.3}
     assert se.method_settings("ppo") == {"model_free": True}
+    assert set(se.DEFAULT_METHODS) < set(se.METHODS)
     for bad in ("dreamer", "sag@-1", "sag@x", "polygrad@1", "sag@inf"):
         with pytest.raises(ValueError, match="not allowed"):
             se.method_settings(bad)
