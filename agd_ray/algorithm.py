@@ -156,6 +156,7 @@ class AGD(PPO):
             torch_threads=training.torch_threads,
             source=self.config.imagination_config.source,
             env_id=self.config.env,
+            termination=self.config.imagination_config.termination,
         )
         self._model_kwargs = model
         self._world_model = self._make_world_model()

@@ -14,6 +14,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.utils.annotations import override
 
 from agd_ray.envs.core import validate_env_id
+from agd_ray.envs.termination import terminal_rule
 from agd_ray.world_model.config import GuideConfig, WorldModelConfig, check_choice, check_field as _check
 
 
@@ -38,6 +39,7 @@ class WorldModelTrainingConfig:
 
 
 IMAGINATION_SOURCES = ("diffusion", "simulator")
+IMAGINATION_TERMINATIONS = ("model", "env")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class ImaginationConfig:
     # "diffusion": the world model imagines. "simulator": the perfect-model control, windows rolled out from the
     # same start states in the MuJoCo simulator with the policy's own samples (world_model/simulator.py).
     source: str = "diffusion"
+    # Which imagined transitions terminate. "model": the diffused terminal channel, d_hat > 0.5 (ALGORITHM.md 2).
+    # "env": the task's own termination rule on the imagined states, d[h] = rule(s[h+1]) (agd_ray/envs/
+    # termination.py), in the windows PPO gets and in the advantage guide's cut.
+    termination: str = "model"
 
     def __post_init__(self) -> None:
         _check("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
@@ -76,6 +82,7 @@ class ImaginationConfig:
         _check("quality_windows", self.quality_windows, int(self.quality_windows) == self.quality_windows >= 1,
                "an integer >= 1")
         check_choice("source", self.source, IMAGINATION_SOURCES)
+        check_choice("termination", self.termination, IMAGINATION_TERMINATIONS)
 
     def worker_resources(self, training: "WorldModelTrainingConfig") -> dict:
         """Ray resources of one imagination worker (only used when num_workers > 1)."""
@@ -265,6 +272,8 @@ class AGDConfig(PPOConfig):
             guide = self.guide_config
             _check("guidance.kind", guide.kind, self.imagination_config.source == "diffusion" or not guide.enabled,
                    "'none' with imagination.source='simulator' (the simulator is not guided)")
+            if self.imagination_config.termination == "env" and isinstance(self.env, str):
+                terminal_rule(self.env, self.env_config)  # raises for an env_config that changes the rule
             _check(
                 "minibatch_size",
                 self.minibatch_size,

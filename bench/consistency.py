@@ -5,7 +5,8 @@ sampled from its replay, with MuJoCo restored to each window's start state:
 1. the world model conditioned on the windows' own (executed) actions: state MSE by step against the real
    windows, next to the "no change" baseline (s[h] = s[0]) - does the model know the dynamics?
 2. guided imagination (the checkpoint's guide off: PolyGRAD actions) at several policy-step sizes delta: the
-   action z std at the returned states (1 = on-policy), how often the imagined windows terminate, how often the
+   action z std at the returned states (1 = on-policy), how often the imagined windows terminate (by the
+   diffused terminal channel, and by the task's own rule on the imagined states), how often the
    simulator terminates when it replays the imagined actions open loop, the open-loop state MSE
    (`diagnostics.open_loop_error`) - are the imagined actions and states a trajectory the env would produce?
    The same with policy_guidance="reparam" (actions mu + sigma eps at the predicted states, exactly on-policy)
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     import gymnasium as gym
     from ray.rllib.utils.spaces.space_utils import unsquash_action
 
+    from agd_ray.envs.termination import terminal_rule, window_terminals
     from agd_ray.imagination import make_critic, make_policy
     from agd_ray.world_model import GuideConfig
     from agd_ray.world_model.diagnostics import open_loop_error
@@ -149,7 +151,8 @@ def main(argv=None) -> int:
 
     # 2. policy-guided imagination at several delta, then with the reparameterised policy guidance
     rows = []
-    print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'sim term (imagined actions)':>27} "
+    rule = terminal_rule(env_id)
+    print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'(env rule)':>10} {'sim term (imagined actions)':>27} "
           f"{'open-loop MSE':>13}")
     for mode, delta in [*(("score", d) for d in [math.exp(log_delta), *args.deltas]), ("reparam", None),
                         ("causal", None)]:
@@ -164,10 +167,12 @@ def main(argv=None) -> int:
         error = open_loop_error(env, real["qpos"], real["qvel"], env_actions, out["observations"])
         row = {"policy_guidance": mode, "delta": delta, "z_std": z_std,
                "imagined_terminates": float(out["terminals"].any(1).float().mean()),
+               "imagined_terminates_env_rule": float(window_terminals(rule, out["observations"]).any(1).float().mean()),
                "sim_terminates": float(sim.mean()), "open_loop_mse": float(np.nanmean(error[1:]))}
         rows.append(row)
         label = f"score {delta:.4g}" if delta is not None else mode
-        print(f"{label:>16} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} {row['sim_terminates']:>27.2f} "
+        print(f"{label:>16} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} "
+              f"{row['imagined_terminates_env_rule']:>10.2f} {row['sim_terminates']:>27.2f} "
               f"{row['open_loop_mse']:>13.3f}")
     model.config, model.log_delta = config, log_delta
     result["imagination"] = rows

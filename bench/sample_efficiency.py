@@ -4,9 +4,10 @@ Methods (`--methods`, default the first six, `DEFAULT_METHODS`): `ppo` (model-fr
 policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage
 guidance at agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings,
 ALGORITHM.md 3, `GuideConfig.reference`); `polygrad-causal` and `sag-causal` (the causal sampler,
-`world_model.policy_guidance="causal"`); `simulator` (the perfect-model control, `imagination.source=
-"simulator"`: an upper bound for learning from these windows, not a method). `sag@0.3` / `eag@3` are the same
-guides at another temperature. Each method x seed
+`world_model.policy_guidance="causal"`); `sag-envterm`, `polygrad-causal-envterm` and `sag-causal-envterm`
+(the same with terminations by the task's own rule, `imagination.termination="env"`); `simulator` (the
+perfect-model control, `imagination.source="simulator"`: an upper bound for learning from these windows, not a
+method). `sag@0.3` / `eag@3` are the same guides at another temperature. Each method x seed
 is one trial of an `agd-ray sweep` (the same `SweepSpec`, `AGD` trainable, stopper and checkpoints), evaluated
 with the mean action every `--eval-every` env steps (rounded to whole iterations); the world-model quality of
 ALGORITHM.md 7 (open-loop error by step, guided and unguided; action z) is measured on the same runs
@@ -57,6 +58,12 @@ METHODS = {
     # ours: the causal sampler (world_model.policy_guidance="causal") without and with advantage guidance
     "polygrad-causal": {"guidance.kind": "none", "world_model.policy_guidance": "causal"},
     "sag-causal": {"guidance.kind": "sag", "guidance.temperature": 1.0, "world_model.policy_guidance": "causal"},
+    # ours: terminations by the task's own rule on the imagined states (imagination.termination="env")
+    "sag-envterm": {"guidance.kind": "sag", "guidance.temperature": 1.0, "imagination.termination": "env"},
+    "polygrad-causal-envterm": {"guidance.kind": "none", "world_model.policy_guidance": "causal",
+                                "imagination.termination": "env"},
+    "sag-causal-envterm": {"guidance.kind": "sag", "guidance.temperature": 1.0,
+                           "world_model.policy_guidance": "causal", "imagination.termination": "env"},
     # the perfect-model control: the same windows rolled out in the simulator (not a method: an upper bound)
     "simulator": {"guidance.kind": "none", "imagination.source": "simulator"},
 }

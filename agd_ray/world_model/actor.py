@@ -158,7 +158,9 @@ def _build_imaginer(model, source: str, env_id: str | None):
                                 device=model.device)
 
 
-def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, device, seed: int):
+def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, device, seed: int,
+                 termination: str = "model", env_id: str | None = None):
+    from agd_ray.envs.termination import terminal_rule
     from agd_ray.world_model import WorldModel
 
     if guide_config.kind != "reward":
@@ -166,7 +168,8 @@ def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, d
         world_model_config = world_model_config.replace(return_model_hidden=0)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return WorldModel(obs_dim, act_dim, world_model_config, device=device, seed=seed)
+    rule = terminal_rule(env_id) if termination == "env" else None
+    return WorldModel(obs_dim, act_dim, world_model_config, device=device, seed=seed, terminal_rule=rule)
 
 
 class WorldModelWorker:
@@ -176,14 +179,16 @@ class WorldModelWorker:
     replay: a `ReplayActor` handle or an in-process `ReplayBuffer`. module_spec: the RLModuleSpec
     (`config.get_rl_module_spec(..., inference_only=False)`) the policy and critic are rebuilt from.
     source: `imagination.source`; with "simulator" the windows for PPO are rolled out in `env_id` (the model still
-    trains, and `quality` still measures it).
+    trains, and `quality` still measures it). termination: `imagination.termination`; with "env" the model
+    decides terminations with `env_id`'s own rule.
     """
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, replay,
                  batches_per_call: int = 16, seed: int = 0, device: str | None = None, torch_threads: int = 1,
-                 source: str = "diffusion", env_id: str | None = None):
+                 source: str = "diffusion", env_id: str | None = None, termination: str = "model"):
         torch.set_num_threads(torch_threads)
-        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
+        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed, termination,
+                                  env_id)
         self.imaginer = _build_imaginer(self.model, source, env_id)
         self.guide = guide_config
         self.replay = replay if hasattr(replay, "sample_windows_async") else (
@@ -346,9 +351,10 @@ class ImaginationWorker:
 
     def __init__(self, *, obs_dim: int, act_dim: int, world_model_config, guide_config, module_spec, seed: int = 0,
                  device: str | None = None, torch_threads: int = 1, source: str = "diffusion",
-                 env_id: str | None = None):
+                 env_id: str | None = None, termination: str = "model"):
         torch.set_num_threads(torch_threads)
-        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed)
+        self.model = _build_model(obs_dim, act_dim, world_model_config, guide_config, device, seed, termination,
+                                  env_id)
         self.imaginer = _build_imaginer(self.model, source, env_id)
         self.guide = guide_config
         self.module = module_spec.build().to(self.model.device)

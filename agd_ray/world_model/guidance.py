@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from agd_ray.envs.termination import TerminalRule, window_terminals
 from agd_ray.world_model.config import GuideConfig
 from agd_ray.world_model.normalizer import NormalizerSnapshot
 from agd_ray.world_model.schedule import ReverseStep
@@ -138,8 +139,8 @@ class NoGuide:
 class AdvantageGuide:
     """SAG / EAG: raise the log weight sum_h log w(A[h] / beta) of the window (ALGORITHM.md 3.3)."""
 
-    def __init__(self, config: GuideConfig, obs_dim: int) -> None:
-        self.config, self.obs_dim = config, obs_dim
+    def __init__(self, config: GuideConfig, obs_dim: int, terminal_rule: TerminalRule | None = None) -> None:
+        self.config, self.obs_dim, self.terminal_rule = config, obs_dim, terminal_rule
         self.log_weight = LOG_WEIGHTS[config.kind]
         self.advantage = ADVANTAGES[config.advantage]
         self.differentiate_xt = config.grad_wrt == "xt"
@@ -151,8 +152,12 @@ class AdvantageGuide:
         rewards = normalizer.unnormalize("rewards", x0[..., ds])  # [B, H]
         if not cfg.guide_rewards:
             rewards = rewards.detach()
-        # Terminations are never guided: (1 - d) is a detached, clamped continuation probability.
-        continues = 1.0 - normalizer.unnormalize("terminals", x0[..., ds + 1]).detach().clamp(0.0, 1.0)
+        # Terminations are never guided: (1 - d) is a detached, clamped continuation probability, or with a
+        # terminal rule 1 - rule(s[h+1]) on the current estimate of the states (as the returned windows decide).
+        if self.terminal_rule is None:
+            continues = 1.0 - normalizer.unnormalize("terminals", x0[..., ds + 1]).detach().clamp(0.0, 1.0)
+        else:
+            continues = 1.0 - window_terminals(self.terminal_rule, states.detach()).to(states.dtype)
         values = critic(states)  # [B, H]
         advantages = self.advantage(rewards, values, continues, cfg)
         if cfg.normalize_advantage and advantages.numel() > 1:
@@ -210,12 +215,14 @@ class RewardGuide:
         return GuideShift(mean=x - inputs.x_t.detach())
 
 
-def build_guide(config: GuideConfig, obs_dim: int, return_model: torch.nn.Module | None = None):
-    """The guide object for a GuideConfig; a config that cannot have an effect gives `NoGuide`."""
+def build_guide(config: GuideConfig, obs_dim: int, return_model: torch.nn.Module | None = None,
+                terminal_rule: TerminalRule | None = None):
+    """The guide object for a GuideConfig; a config that cannot have an effect gives `NoGuide`. `terminal_rule`:
+    the advantage guides cut at the task's terminations instead of the diffused terminal channel."""
     if not config.enabled:
         return NoGuide()
     if config.kind == "reward":
         if return_model is None:
             raise ValueError("guide kind='reward' needs the return model; set WorldModelConfig.return_model_hidden > 0")
         return RewardGuide(config, obs_dim, return_model)
-    return AdvantageGuide(config, obs_dim)
+    return AdvantageGuide(config, obs_dim, terminal_rule)

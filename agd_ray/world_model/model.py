@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from agd_ray.envs.termination import TerminalRule, window_terminals
 from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 from agd_ray.world_model.denoiser import ResidualMLPDenoiser, ReturnModel
 from agd_ray.world_model.diagnostics import action_z_stats
@@ -41,10 +42,13 @@ class WorldModel:
     """
 
     def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig | None = None, device="cpu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, terminal_rule: TerminalRule | None = None) -> None:
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"obs_dim={obs_dim}, act_dim={act_dim}: both must be >= 1")
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        # None: terminations are the diffused terminal channel (d_hat > 0.5); a rule: the task's own check on the
+        # imagined states (`agd_ray.envs.termination`, imagination.termination="env"), in the guide too.
+        self.terminal_rule = terminal_rule
         self.config = config = config or WorldModelConfig()
         self.device = torch.device(device)
         self.schedule = DiffusionSchedule(config.diffusion_steps, config.tau)
@@ -245,17 +249,21 @@ class WorldModel:
         x0, actions = sample_windows(
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,
-            guide=build_guide(guide, self.obs_dim, self.return_model), normalizer=norm, delta=self.delta,
+            guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule), normalizer=norm, delta=self.delta,
             settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
         )
         ds = self.obs_dim
         observations = norm.unnormalize("observations", x0[..., :ds])
         observations[:, 0] = start  # s[0] is the real state, bit for bit (not a normalise/unnormalise round trip)
+        if self.terminal_rule is None:
+            terminals = norm.unnormalize("terminals", x0[..., ds + 1]) > 0.5
+        else:
+            terminals = window_terminals(self.terminal_rule, observations)
         return {
             "observations": observations,
             "actions": norm.unnormalize("actions", actions),
             "rewards": norm.unnormalize("rewards", x0[..., ds]),
-            "terminals": norm.unnormalize("terminals", x0[..., ds + 1]) > 0.5,
+            "terminals": terminals,
             "normalizer_version": norm.version,
         }
 

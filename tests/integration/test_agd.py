@@ -158,3 +158,22 @@ def test_simulator_source_refuses_a_guide():
         config.validate()
     with pytest.raises(ValueError, match="source='model'.*'diffusion', 'simulator'"):
         tiny_config().imagination(source="model")
+
+
+def test_env_termination_rule_decides_the_imagined_windows(local_ray):
+    """imagination.termination="env" reaches the world-model actor: the windows PPO gets terminate exactly where
+    InvertedPendulum's own rule says (d[h] = |angle of s[h+1]| > 0.2), not where the terminal channel does."""
+    import torch
+
+    from agd_ray.envs.termination import terminal_rule, window_terminals
+
+    algo = tiny_config().env_runners(num_env_runners=0).imagination(termination="env").build_algo()
+    try:
+        algo.train()
+        (batch,) = ray.get(algo._pending_imagination)
+    finally:
+        algo.stop()
+    windows = batch["windows"]
+    expected = window_terminals(terminal_rule("InvertedPendulum-v5"), torch.as_tensor(windows["observations"]))
+    np.testing.assert_array_equal(windows["terminals"], expected.numpy())
+    assert len(windows["terminals"]) == BATCH

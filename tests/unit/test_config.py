@@ -66,6 +66,7 @@ def test_world_model_splits_model_and_training_fields():
         (lambda c: c.imagination(num_workers=0), "num_workers=0"),
         (lambda c: c.imagination(unit_size=-1), "unit_size=-1"),
         (lambda c: c.imagination(num_gpus_per_worker=-0.5), "num_gpus_per_worker=-0.5"),
+        (lambda c: c.imagination(termination="learned"), "termination='learned' is not allowed; choose one of 'model'"),
         (lambda c: c.replay(prefill_steps=-5), "prefill_steps=-5"),
         (lambda c: c.replay(capacity=0), "capacity=0"),
     ],
@@ -96,6 +97,13 @@ def test_validate_names_unknown_env_and_allowed_ones():
     with pytest.raises(ValueError) as error:
         AGDConfig().environment("CartPole-v1").validate()
     assert "CartPole-v1" in str(error.value) and "InvertedPendulum-v5" in str(error.value)
+
+
+def test_validate_refuses_an_env_rule_the_env_config_changes():
+    config = AGDConfig().environment("Hopper-v5", env_config={"terminate_when_unhealthy": False})
+    config.validate()  # the diffused terminal channel learns whatever the env does
+    with pytest.raises(ValueError, match="env_config sets terminate_when_unhealthy"):
+        config.imagination(termination="env").validate()
 
 
 def test_validate_minibatch_fits_the_imagined_batch():
