@@ -58,7 +58,7 @@ class ImaginationConfig:
     # "diffusion": the world model imagines. "simulator": the perfect-model control, windows rolled out from the
     # same start states in the MuJoCo simulator with the policy's own samples (world_model/simulator.py).
     source: str = "diffusion"
-    # Which imagined transitions terminate. "model": the diffused terminal channel, d_hat > 0.5 (ALGORITHM.md 2).
+    # Which imagined transitions terminate. "model": the diffused terminal channel, d_hat > 0.5 (ALGORITHM.md 3).
     # "env": the task's own termination rule on the imagined states, d[h] = rule(s[h+1]) (agd_ray/envs/
     # termination.py), in the windows PPO gets and in the advantage guide's cut.
     termination: str = "model"
