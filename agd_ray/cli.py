@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate the mean action every this many iterations (0: never; default: preset)")
     train.add_argument("--checkpoint-every", type=int, default=0,
                        help="also checkpoint every this many iterations (0: only at the end)")
+    train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="dotted keys over the preset, as a sweep file's config: e.g. "
+                            "world_model.policy_guidance=causal imagination.termination=env "
+                            "world_model.updates_per_env_step=2")
     train.add_argument("--resume", default=None, metavar="DIR",
                        help="continue the run in DIR (an earlier --output) from DIR/checkpoint, with DIR/config.json's "
                             "settings; only --env-steps, --checkpoint-every, --address and --num-cpus may be given")
@@ -246,6 +250,12 @@ def check_train_args(args) -> dict:
     # The guide's and world model's own checks (frozen dataclasses; no Ray, no torch needed for these).
     from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 
+    from agd_ray.sweep import parse_config_items
+
+    try:
+        overrides = parse_config_items(getattr(args, "config", None) or [])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     settings = PRESET_SETTINGS[preset]
     world_model = dict(settings["world_model"])
     if args.horizon is not None:
@@ -258,7 +268,8 @@ def check_train_args(args) -> dict:
         WorldModelConfig(**{k: v for k, v in world_model.items() if k in WorldModelConfig.__dataclass_fields__})
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return {"preset": preset, "settings": settings, "world_model": world_model, "guide": guide, "output": output}
+    return {"preset": preset, "settings": settings, "world_model": world_model, "guide": guide, "output": output,
+            "config": overrides}
 
 
 def _cuda_available() -> bool:
@@ -291,6 +302,13 @@ def build_config(args, resolved: dict):
     )
     if args.guide == "model-free":
         config = config.model_free()
+    if resolved.get("config"):
+        from agd_ray.sweep import to_config_keys
+
+        try:
+            config.update_from_dict(to_config_keys(resolved["config"]))
+        except ValueError as error:
+            raise UsageError(f"--config: {error}") from None
     if eval_interval:
         config = config.evaluation(
             evaluation_interval=eval_interval,
@@ -474,8 +492,9 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
         print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
               f"env steps {algo._counters['env_steps']}", flush=True)
         rows = _truncate_metrics(output, algo.iteration)
+    overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
     print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']} "
-          f"preset={resolved['preset']} seed={args.seed} -> {output}", flush=True)
+          f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
     try:
         mode = "a" if resuming else "w"  # a resumed run appends
         with open(output / "metrics.jsonl", mode) as jsonl, open(output / "metrics.csv", mode, newline="") as csv_file:

@@ -151,6 +151,33 @@ def check_dotted(where: str, key, value, types: dict) -> None:
             raise ValueError(f"{where}.{key}: {error}") from None
 
 
+def parse_value(text: str):
+    """A command-line value: YAML scalar rules (true, 0.3, 16, xt), and numbers YAML 1.1 reads as strings
+    (1e9, inf)."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_config_items(items) -> dict:
+    """Command-line `KEY=VALUE` items (dotted keys, as a sweep file's `config`) -> {key: value}, each key and
+    value checked as a sweep file's are; ValueError names the item."""
+    types, config = _section_types(), {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config {item!r} is not KEY=VALUE, e.g. world_model.policy_guidance=causal")
+        config[key] = parse_value(text)
+        check_dotted("config", key, config[key], types)
+    return config
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A checked sweep file: `trials()` lists every trial's settings; `param_space()` is Tune's view of them."""
@@ -207,7 +234,7 @@ class SweepSpec:
                        if r in resources}
         if world_model:
             config.world_model(**world_model)
-        config.update_from_dict(_to_config_keys(self.config))
+        config.update_from_dict(to_config_keys(self.config))
         return config
 
     def param_space(self) -> dict:
@@ -220,14 +247,14 @@ class SweepSpec:
                          "replay_config", "recovery_config"}
         space = {k: v for k, v in base.to_dict().items() if k not in section_attrs}
         space.update(base.flat_sections())
-        settings = {name: _to_config_keys(_method_settings(m)) for name, m in self.methods.items()}
+        settings = {name: to_config_keys(_method_settings(m)) for name, m in self.methods.items()}
         method_keys = sorted({k for s in settings.values() for k in s})
         space["sweep_method"] = tune.grid_search(list(self.methods))
         for key in method_keys:
             default = space.get(key)
             space[key] = tune.sample_from(
                 lambda config, key=key, default=default: settings[config["sweep_method"]].get(key, default))
-        for key, values in _to_config_keys(self.grid).items():
+        for key, values in to_config_keys(self.grid).items():
             space[key] = tune.grid_search(list(values))
         space["seed"] = tune.grid_search(list(self.seeds))
         return space
@@ -242,7 +269,7 @@ def _method_settings(method: dict) -> dict:
     return settings
 
 
-def _to_config_keys(settings: dict) -> dict:
+def to_config_keys(settings: dict) -> dict:
     """`training.lr` -> `lr` (PPO's own attribute); section keys stay dotted (AGDConfig.update_from_dict)."""
     return {k.partition(".")[2] if k.startswith("training.") else k: v for k, v in settings.items()}
 
@@ -347,7 +374,7 @@ def parse_sweep(data, *, path: str | None = None, default_name: str = "sweep") -
         where = f"trial (method {trial['method']}, " + ", ".join(
             f"{k}={v!r}" for k, v in settings.items() if k in grid or k == "seed") + ")"
         try:
-            base.copy(copy_frozen=False).update_from_dict(_to_config_keys(settings)).validate()
+            base.copy(copy_frozen=False).update_from_dict(to_config_keys(settings)).validate()
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
     return spec
@@ -484,7 +511,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
 def param_space_example(spec: SweepSpec) -> dict:
     """The first trial's resolved config (for printing its resource request)."""
     first = spec.trials()[0]
-    return {**spec.base_config().to_dict(), **_to_config_keys({k: v for k, v in first.items() if k != "method"})}
+    return {**spec.base_config().to_dict(), **to_config_keys({k: v for k, v in first.items() if k != "method"})}
 
 
 # -- the summary -------------------------------------------------------------------------------------------------

@@ -103,32 +103,13 @@ def method_settings(name: str) -> dict:
     return dict(METHODS[name])
 
 
-def parse_value(text: str):
-    """A --config value: YAML scalar rules (true, 0.3, 16, xt), and numbers YAML 1.1 reads as strings
-    (1e9, inf)."""
-    import yaml
-
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
 def build_spec(args):
     """The `agd_ray.sweep.SweepSpec` these arguments describe, checked by `agd_ray.sweep.parse_sweep` (every trial's config)."""
     from agd_ray.cli import PRESET_SETTINGS
-    from agd_ray.sweep import parse_sweep
+    from agd_ray.sweep import parse_config_items, parse_sweep
 
     batch = PRESET_SETTINGS[args.preset]["training"]["train_batch_size_per_learner"]
-    config = {}
-    for item in args.config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--config {item!r} is not KEY=VALUE, e.g. guidance.grad_wrt=xt")
-        config[key] = parse_value(value)
+    config = parse_config_items(args.config)
     data = {
         "name": args.name or experiment_name(args),
         "env": args.env,

@@ -29,6 +29,8 @@ def run_cli(*args, timeout=60):
         (["--horizon", "1"], "horizon=1", ">= 2"),
         (["--preset", "huge"], "preset='huge'", "cpu"),
         (["--scale", "-2"], "scale=-2.0", ">= 0"),
+        (["--config", "imagination.termination=learned"], "termination='learned'", "'model', 'env'"),
+        (["--config", "world_model.horizonn=4"], "world_model.horizonn", "world_model.horizon"),
     ],
 )
 def test_train_bad_input_exits_nonzero_with_one_line(tmp_path, args, named, allowed):
@@ -52,5 +54,5 @@ def test_help_documents_every_flag():
     result = run_cli("train", "--help")
     assert result.returncode == 0
     for flag in ("--env", "--guide", "--temperature", "--env-steps", "--seed", "--output", "--preset", "--address",
-                 "--horizon", "--scale", "--num-env-runners", "--eval-interval", "--checkpoint-every"):
+                 "--horizon", "--scale", "--num-env-runners", "--eval-interval", "--checkpoint-every", "--config"):
         assert flag in result.stdout

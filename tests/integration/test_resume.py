@@ -63,7 +63,8 @@ def test_sigkilled_driver_resumes_from_checkpoint(tmp_path):
     marker = out / "checkpoint" / "agd-ray-checkpoint.json"
     driver = subprocess.Popen(
         [*AGD_RAY, "train", "--env", "InvertedPendulum-v5", "--preset", "tiny", "--env-steps", "1000000",
-         "--checkpoint-every", "1", "--num-cpus", "2", "--output", str(out)],
+         "--checkpoint-every", "1", "--num-cpus", "2", "--output", str(out),
+         "--config", "imagination.termination=env"],
         env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     started = set()
     try:
@@ -88,6 +89,7 @@ def test_sigkilled_driver_resumes_from_checkpoint(tmp_path):
                               "--num-cpus", "2"], env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoint'} at iteration {saved['iteration']}" in resumed.stdout
+    assert "preset=tiny imagination.termination=env seed=0" in resumed.stdout  # --config came back from config.json
 
     rows = _rows(out / "metrics.jsonl")
     kept = [r for r in before if r["training_iteration"] <= saved["iteration"]]

@@ -26,11 +26,6 @@ def test_method_names():
             se.method_settings(bad)
 
 
-def test_config_values_read_as_yaml_and_numbers():
-    assert se.parse_value("true") is True and se.parse_value("16") == 16 and se.parse_value("xt") == "xt"
-    assert se.parse_value("1e9") == 1e9 and se.parse_value("inf") == float("inf")  # YAML 1.1 reads strings
-
-
 def trial(method: str, seed: int, steps, returns, *, last_step=None):
     rows = [{"env_steps": s, "eval_return": r, "wall_s": 10.0, "imagined_transitions": None,
              "advantage_gain": None, "open_loop_mse_guided": None, "open_loop_mse_unguided": None,

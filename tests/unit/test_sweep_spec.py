@@ -157,3 +157,19 @@ def test_trial_history_reads_every_result_once(tmp_path):
     assert [r["training_iteration"] for r in history] == [1, 2, 3, 4]
     assert measured_evaluations(history) == [(210, 7.0), (410, 9.0)]
     assert trial_history(tmp_path / "missing") == []
+
+
+def test_command_line_config_items_read_as_yaml_and_are_checked_as_a_files():
+    from agd_ray.sweep import parse_config_items, parse_value
+
+    assert parse_value("true") is True and parse_value("16") == 16 and parse_value("xt") == "xt"
+    assert parse_value("1e9") == 1e9 and parse_value("inf") == float("inf")  # YAML 1.1 reads these as strings
+    items = ["world_model.policy_guidance=causal", "imagination.termination=env", "training.vf_clip_param=inf"]
+    assert parse_config_items(items) == {"world_model.policy_guidance": "causal", "imagination.termination": "env",
+                                         "training.vf_clip_param": float("inf")}
+    for item, message in [("world_model.policy_guidance", "is not KEY=VALUE"),
+                          ("imagination.terminaton=env", "unknown key config.imagination.terminaton; imagination keys"),
+                          ("imagination.termination=learned", "termination='learned' is not allowed"),
+                          ("guidance.temperature=-1", "config.guidance.temperature")]:
+        with pytest.raises(ValueError, match=message):
+            parse_config_items([item])
