@@ -248,9 +248,8 @@ def check_train_args(args) -> dict:
     if output.exists() and not output.is_dir():
         raise UsageError(f"output={str(output)!r} exists and is not a directory; give a directory path")
     # The guide's and world model's own checks (frozen dataclasses; no Ray, no torch needed for these).
-    from agd_ray.world_model.config import GuideConfig, WorldModelConfig
-
     from agd_ray.sweep import parse_config_items
+    from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 
     try:
         overrides = parse_config_items(getattr(args, "config", None) or [])

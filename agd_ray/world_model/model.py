@@ -249,8 +249,8 @@ class WorldModel:
         x0, actions = sample_windows(
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,
-            guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule), normalizer=norm, delta=self.delta,
-            settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
+            guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule), normalizer=norm,
+            delta=self.delta, settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
         )
         ds = self.obs_dim
         observations = norm.unnormalize("observations", x0[..., :ds])
