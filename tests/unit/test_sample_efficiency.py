@@ -59,3 +59,19 @@ def test_summary_does_not_extrapolate_past_the_last_evaluation():
     assert row["reached"] == 0
     grid = np.linspace(2000, 6000, 100)
     assert row["auc"][0] == pytest.approx(np.interp(grid, [1000, 2000], [5.0, 7.0]).mean())
+
+
+def test_every_method_builds_a_valid_trial_config():
+    """parse_sweep builds and validates each trial's AGDConfig (no Ray started): every named method is a valid
+    setting, and its keys reach the config."""
+    import argparse
+
+    args = argparse.Namespace(env="InvertedPendulum-v5", preset="cpu", env_steps=20000, seeds=[0],
+                              methods=list(se.METHODS), eval_every=2500, eval_episodes=None, checkpoint_every=10,
+                              concurrent=1, name=None, config=["world_model.updates_per_env_step=2.0"])
+    spec = se.build_spec(args)
+    trials = {trial["method"]: trial for trial in spec.trials()}
+    assert set(trials) == set(se.METHODS)
+    assert trials["sag-causal-envterm"]["imagination.termination"] == "env"
+    assert trials["sag-causal-envterm"]["world_model.policy_guidance"] == "causal"
+    assert spec.config == {"world_model.updates_per_env_step": 2.0}
