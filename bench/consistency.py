@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     # 2. policy-guided imagination at several delta, then with the reparameterised policy guidance
     rows = []
     rule = terminal_rule(env_id)
-    print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'(env rule)':>10} {'sim term (imagined actions)':>27} "
-          f"{'open-loop MSE':>13}")
+    print(f"{'guidance':>16} {'z std':>6} {'imagined term':>13} {'(env rule)':>10} "
+          f"{'sim term (imagined actions)':>27} {'open-loop MSE':>13}")
     for mode, delta in [*(("score", d) for d in [math.exp(log_delta), *args.deltas]), ("reparam", None),
                         ("causal", None)]:
         model.config = config.replace(policy_guidance=mode)
@@ -165,9 +165,10 @@ def main(argv=None) -> int:
         env_actions = unsquash_action(out["actions"].detach().numpy().astype(np.float64), env.action_space)
         sim = sim_termination(env, real["qpos"], real["qvel"], env_actions)
         error = open_loop_error(env, real["qpos"], real["qvel"], env_actions, out["observations"])
+        by_rule = window_terminals(rule, out["observations"])
         row = {"policy_guidance": mode, "delta": delta, "z_std": z_std,
                "imagined_terminates": float(out["terminals"].any(1).float().mean()),
-               "imagined_terminates_env_rule": float(window_terminals(rule, out["observations"]).any(1).float().mean()),
+               "imagined_terminates_env_rule": float(by_rule.any(1).float().mean()),
                "sim_terminates": float(sim.mean()), "open_loop_mse": float(np.nanmean(error[1:]))}
         rows.append(row)
         label = f"score {delta:.4g}" if delta is not None else mode

@@ -1,7 +1,7 @@
 """Sample efficiency: evaluation return against real env steps for every method, through the Tune harness.
 
-Methods (`--methods`, default the first six, `DEFAULT_METHODS`): `ppo` (model-free PPO on real data), `polygrad` (guide none:
-policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage
+Methods (`--methods`, default the first six, `DEFAULT_METHODS`): `ppo` (model-free PPO on real data),
+`polygrad` (guide none: policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage
 guidance at agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings,
 ALGORITHM.md 3, `GuideConfig.reference`); `polygrad-causal` and `sag-causal` (the causal sampler,
 `world_model.policy_guidance="causal"`); `sag-envterm`, `polygrad-causal-envterm` and `sag-causal-envterm`
