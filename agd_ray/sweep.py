@@ -168,6 +168,8 @@ def parse_value(text: str):
 def parse_config_items(items) -> dict:
     """Command-line `KEY=VALUE` items (dotted keys, as a sweep file's `config`) -> {key: value}, each key and
     value checked as a sweep file's are; ValueError names the item."""
+    if not items:
+        return {}  # without importing the sections (RLlib): a plain `train` checks its flags quickly
     types, config = _section_types(), {}
     for item in items:
         key, sep, text = item.partition("=")
