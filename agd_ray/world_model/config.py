@@ -63,8 +63,8 @@ class WorldModelConfig(_Config):
     ema_every: int = 10  # EMA update period in updates
     ema_start: int = 2000  # before this many updates the EMA copies the weights
     amp: str = "bf16"  # autocast dtype on CUDA: none|bf16|fp16 (ignored on CPU)
-    clip_state_change: float = 0.25  # bound on |mu_t - x_t| of states in the last steps (normalised units)
-    clip_last_steps: int = 10  # ... applied in this many final reverse steps
+    clip_state_change: float = 0.25  # bound on |mu_t - x_t| of the states per diffusion step (normalised units)
+    clip_last_steps: int = 10  # ... in the reverse steps at t <= this (sampler.state_change_bound)
     action_clamp_sigmas: float = 3.0  # PolyGRAD: actions clamped to mu +- this many sigma
     action_bound: float | None = None  # executed-action box (policy space): the denoiser sees actions clipped to it
     # Policy guidance on actions: "score" (PolyGRAD, ALGORITHM.md 3.2: a gradient step of size delta on

@@ -319,3 +319,55 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
     again = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", temperature=0.3),
                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(again["observations"], out["observations"]) and torch.equal(again["actions"], out["actions"])
+
+
+def test_state_change_bound_is_polygrads_clip_at_k_equal_n_and_keeps_its_stretch_when_strided():
+    """K = N: +-0.25 at t = 10..1 (PolyGRAD's last ten steps), none above. Strided: the steps with t <= 10,
+    each bound scaled by the diffusion steps it spans, so the total allowed change over the clipped stretch is
+    0.25 * (the largest clipped t) whatever K is (a conserved sum)."""
+    from agd_ray.world_model.sampler import state_change_bound
+    from agd_ray.world_model.schedule import DiffusionSchedule
+
+    settings = SamplerSettings(0.25, 10, 3.0)
+    full = DiffusionSchedule(64).reverse_steps(64)
+    bounds = [state_change_bound(step, settings) for step in full]
+    assert bounds[:-10] == [None] * 54 and bounds[-10:] == [0.25] * 10
+    for k in (16, 7, 33):
+        steps = DiffusionSchedule(64).reverse_steps(k)
+        clipped = [(step, state_change_bound(step, settings)) for step in steps]
+        clipped = [(step, b) for step, b in clipped if b is not None]
+        assert all(step.t <= 10 for step, _ in clipped) and all(step.t > 10 for step in steps[:len(steps) - len(clipped)])
+        assert sum(b for _, b in clipped) == pytest.approx(0.25 * clipped[0][0].t)
+    assert state_change_bound(full[-1], SamplerSettings(0.25, 0, 3.0)) is None  # 0: no clip at all
+
+
+class _AlwaysFarther(torch.nn.Module):
+    """A denoiser whose x0 prediction is always 100 above its input, and that records its inputs."""
+
+    horizon = H
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x, scaled_actions, timesteps):
+        self.inputs.append(x.detach().clone())
+        return x + 100.0
+
+
+def test_the_sampler_bounds_each_state_change_by_the_clip_and_leaves_reward_and_terminal_free(model):
+    """Steps with mu = x0_hat and no noise: every unclipped step moves the states by 100, a clipped one by exactly
+    its bound (0.25 * (t - s)); rewards and terminals always move by 100; s[0] stays the start state."""
+    steps = [ReverseStep(t, s, 1.0, 1.0, 0.0, 0.0) for t, s in ((20, 16), (16, 12), (12, 8), (8, 4), (4, 1), (1, 0))]
+    denoiser = _AlwaysFarther()
+    norm = model.normalizer
+    start = norm.normalize("observations", _start())
+    x, _ = sample_windows(denoiser, steps, start, act_dim=DA, policy=policy, critic=critic, normalizer=norm,
+                          delta=0.01, settings=SamplerSettings(0.25, 10, 3.0), guide=NoGuide(),
+                          generator=torch.Generator().manual_seed(0))
+    seen = denoiser.inputs + [x]
+    changes = torch.stack([b - a for a, b in zip(seen, seen[1:])])  # [6, B, H, D_s + 2]
+    expected = torch.tensor([100.0, 100.0, 100.0, 1.0, 0.75, 0.25])
+    torch.testing.assert_close(changes[:, :, 1:, :DS], expected[:, None, None, None].expand(6, B, H - 1, DS))
+    torch.testing.assert_close(changes[..., DS:], torch.full((6, B, H, 2), 100.0))
+    assert torch.equal(x[:, 0, :DS], start)
