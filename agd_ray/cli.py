@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import pathlib
@@ -316,6 +317,15 @@ def build_config(args, resolved: dict):
             evaluation_duration_unit="episodes",
             evaluation_config={"explore": False},
         )
+    rllib_logger = logging.getLogger("ray.rllib.algorithms.algorithm_config")
+    level = rllib_logger.level
+    rllib_logger.setLevel(logging.ERROR)  # RLlib's "new API stack" notice would make the error two lines
+    try:  # the cross-field checks (RLlib's and AGDConfig's) before Ray starts; build_algo runs them again
+        config.validate()
+    except ValueError as error:
+        raise UsageError(str(error).strip().splitlines()[0]) from None
+    finally:
+        rllib_logger.setLevel(level)
     return config
 
 
@@ -448,7 +458,7 @@ def train(args) -> int:
         args = resume_args(args)
     resolved = check_train_args(args)
     output: pathlib.Path = resolved["output"]
-    config = build_config(args, resolved)  # RLlib's own validation runs in build_algo below
+    config = build_config(args, resolved)
     output.mkdir(parents=True, exist_ok=True)
     if not resuming:
         _write_config(args, resolved, config, output)

@@ -1,4 +1,5 @@
-"""`agd-ray` bad input: non-zero exit and one line naming the value, before Ray (or any actor) starts."""
+"""`agd-ray` bad input: non-zero exit and one line naming the value, before Ray (or any actor) starts
+(cross-field errors included: `build_config` runs the config's validation)."""
 
 import os
 import pathlib
@@ -31,6 +32,11 @@ def run_cli(*args, timeout=60):
         (["--scale", "-2"], "scale=-2.0", ">= 0"),
         (["--config", "imagination.termination=learned"], "termination='learned'", "'model', 'env'"),
         (["--config", "world_model.horizonn=4"], "world_model.horizonn", "world_model.horizon"),
+        # cross-field: each key is fine alone, the combination is not (AGDConfig's check, then RLlib's)
+        (["--preset", "tiny", "--config", "training.minibatch_size=100"], "minibatch_size=100",
+         "<= imagined transitions per update"),
+        (["--preset", "tiny", "--config", "training.minibatch_size=100000"], "(100000)",
+         "<= `train_batch_size_per_learner` (200)"),
     ],
 )
 def test_train_bad_input_exits_nonzero_with_one_line(tmp_path, args, named, allowed):
