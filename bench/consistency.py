@@ -13,6 +13,9 @@ sampled from its replay, with MuJoCo restored to each window's start state:
    and "causal" (the window built one transition at a time, each action at its committed state).
 3. the policy run closed loop in the simulator from the same start states, with its mean action and with its own
    samples (`SimulatorImagination`, what `imagination.source="simulator"` feeds PPO): how often it terminates.
+4. the model conditioned on K uniform action sequences from each of S start states, against the simulator
+   replaying them: the within-start correlation of the returns (`diagnostics.within_start_correlation`) over
+   the first 1..H-1 steps - do imagined returns follow the actions, the signal PPO takes from them?
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/consistency.py CHECKPOINT [--env InvertedPendulum-v5] [--windows 128]
 
@@ -82,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=128)
     parser.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.05, 1.0])
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--response-starts", type=int, default=24, help="start states of the action-response check")
+    parser.add_argument("--response-sequences", type=int, default=8, help="uniform action sequences per start")
     parser.add_argument("--out", default="bench/out/consistency.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
     from agd_ray.envs.termination import terminal_rule, window_terminals
     from agd_ray.imagination import make_critic, make_policy
     from agd_ray.world_model import GuideConfig
-    from agd_ray.world_model.diagnostics import open_loop_error
+    from agd_ray.world_model.diagnostics import (imagine_with_actions, open_loop_error, simulated_rewards,
+                                                 within_start_correlation)
 
     checkpoint = Path(args.checkpoint)
     env_id = args.env or _env_of(checkpoint)
@@ -107,17 +113,9 @@ def main(argv=None) -> int:
     alive = real["terminals"].max(axis=1) == 0  # windows without a termination: compared state by state
     result = {"checkpoint": str(checkpoint), "env": env_id, "windows": args.windows, "horizon": horizon}
 
-    # 1. conditioned on the windows' own actions: a policy whose mean is that action (std tiny, step factor 1)
-    actions = torch.as_tensor(real["actions"])
-
-    def replay_actions(states):
-        return actions.to(states.dtype), torch.full_like(actions, 1e-3)
-
+    # 1. conditioned on the windows' own actions
+    out = imagine_with_actions(model, real["observations"][:, 0], real["actions"], seed=0)
     log_delta, config = model.log_delta, model.config
-    model.log_delta, model.config = 0.0, config.replace(policy_guidance="score")  # step factor 1: a = that action
-    out = model.imagine(real["observations"][:, 0], policy=replay_actions, critic=critic,
-                        guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
-    model.log_delta, model.config = log_delta, config
     conditioned = ((out["observations"].numpy() - real["observations"]) ** 2)[alive].mean(axis=(0, 2))
     no_change = ((real["observations"] - real["observations"][:, :1]) ** 2)[alive].mean(axis=(0, 2))
     result["conditioned_mse_by_step"] = conditioned[1:].round(4).tolist()
@@ -177,9 +175,27 @@ def main(argv=None) -> int:
               f"{row['open_loop_mse']:>13.3f}")
     model.config, model.log_delta = config, log_delta
     result["imagination"] = rows
+
     print(f"3. the policy closed loop from the same starts terminates in {result['policy_closed_loop_terminates']:.2f} "
           f"of the windows with its mean action, {result['policy_samples_closed_loop_terminates']:.2f} with its samples "
           f"(first row: the checkpoint's own delta)")
+
+    # 4. do imagined returns follow the actions? K uniform action sequences from each of S starts
+    starts, sequences = min(args.response_starts, args.windows), args.response_sequences
+    uniform = np.random.default_rng(args.seed).uniform(-1, 1, (starts, sequences, horizon, model.act_dim))
+    imagined = imagine_with_actions(model, np.repeat(real["observations"][:starts, 0], sequences, axis=0),
+                                    uniform.reshape(starts * sequences, horizon, -1), seed=0)
+    imagined_rewards = imagined["rewards"].numpy().reshape(starts, sequences, horizon)
+    sim_rewards = simulated_rewards(env, real["qpos"][:starts], real["qvel"][:starts],
+                                    unsquash_action(uniform, env.action_space))
+    response = [within_start_correlation(imagined_rewards[..., :h + 1].sum(-1), sim_rewards[..., :h + 1].sum(-1))
+                for h in range(horizon - 1)]
+    plain = float(np.corrcoef(imagined_rewards[..., :-1].sum(-1).ravel(), sim_rewards[..., :-1].sum(-1).ravel())[0, 1])
+    result["action_response"] = {"starts": starts, "sequences": sequences, "within_start_by_steps": response,
+                                 "plain_window_return": plain}
+    print(f"4. {sequences} uniform action sequences from each of {starts} starts, the model conditioned on them: "
+          f"within-start correlation of imagined and simulated returns over the first 1..{horizon - 1} steps "
+          f"{' '.join(f'{c:.2f}' for c in response)} (plain correlation of the window returns {plain:.2f})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"-> {args.out}")

@@ -1,4 +1,5 @@
-"""Measuring a world model (ALGORITHM.md section 7): on-policy-ness, guidance effect, open-loop error.
+"""Measuring a world model (ALGORITHM.md section 7): on-policy-ness, guidance effect, open-loop error, and
+how imagined returns respond to the actions (`within_start_correlation`, ours).
 
 Pure functions over imagined batches (the dict `WorldModel.imagine` returns) and real MuJoCo envs, plus
 `collect_windows`, which cuts real windows with their simulator states (qpos, qvel) for tests and benches.
@@ -102,6 +103,68 @@ def open_loop_error(env, qpos, qvel, actions, imagined_obs) -> np.ndarray:
     counts = compared.sum(axis=0)  # [H]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, (sq_error * compared).sum(axis=0) / counts, np.nan)
+
+
+@torch.no_grad()
+def imagine_with_actions(wm, start_obs, actions, *, seed: int = 0) -> dict:
+    """The world model's windows from `start_obs` [B, D_s] conditioned on given actions [B, H, D_a] (the model's
+    action space): PolyGRAD's sampler with a "policy" whose mean is those actions (std 1e-3) and a policy step of
+    factor 1, so every denoised action is the given one. Returns `WorldModel.imagine`'s dict; `wm` is unchanged."""
+    given = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=wm.device)
+
+    def replay(states):
+        return given.to(states.dtype), torch.full_like(given, 1e-3, dtype=states.dtype)
+
+    log_delta, config = wm.log_delta, wm.config
+    wm.log_delta, wm.config = 0.0, config.replace(policy_guidance="score")
+    try:
+        return wm.imagine(start_obs, policy=replay, guide=GuideConfig(kind="none"),
+                          generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
+    finally:
+        wm.log_delta, wm.config = log_delta, config
+
+
+def simulated_rewards(env, qpos, qvel, actions) -> np.ndarray:
+    """The simulator's rewards for action sequences replayed from true start states.
+
+    qpos: [S, n_q], qvel: [S, n_v]; actions: [S, K, H, D_a] in the env's action space (clipped to it): K
+    sequences per start. Returns rewards [S, K, H]; after a termination (or truncation) the rest are 0, as in a
+    padded window (ALGORITHM.md 1).
+    """
+    env = _make_env(env)
+    actions = np.asarray(actions, np.float64)
+    low, high = env.action_space.low, env.action_space.high
+    starts, sequences, horizon = actions.shape[:3]
+    rewards = np.zeros((starts, sequences, horizon))
+    for s in range(starts):
+        for k in range(sequences):
+            env.reset(seed=s)
+            env.unwrapped.set_state(np.asarray(qpos[s], np.float64), np.asarray(qvel[s], np.float64))
+            for h in range(horizon):
+                _, reward, terminated, truncated, _ = env.step(np.clip(actions[s, k, h], low, high).astype(np.float32))
+                rewards[s, k, h] = reward
+                if terminated or truncated:
+                    break
+    return rewards
+
+
+def within_start_correlation(imagined, simulated) -> float:
+    """How well imagined returns follow the actions, with the start state's own effect removed.
+
+    imagined, simulated: [S, K], the returns of K action sequences from each of S start states. Both are
+    centred per start state (minus the mean over its K sequences), then correlated over all S x K: 1 when
+    the model ranks and scales the action sequences of a start as the simulator does (whatever its error
+    common to the start), about 0 when its returns do not depend on the actions. This is the signal a policy
+    gradient takes from imagined windows; the plain correlation is dominated by the start states.
+    Returns nan when either side does not vary within starts.
+    """
+    imagined, simulated = np.asarray(imagined, np.float64), np.asarray(simulated, np.float64)
+    if imagined.shape != simulated.shape or imagined.ndim != 2:
+        raise ValueError(f"imagined {imagined.shape} and simulated {simulated.shape} must both be [S, K]")
+    a = (imagined - imagined.mean(axis=1, keepdims=True)).ravel()
+    b = (simulated - simulated.mean(axis=1, keepdims=True)).ravel()
+    norm = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / norm) if norm > 0 else float("nan")
 
 
 def collect_windows(env_id: str, num_windows: int, horizon: int, seed: int, *, policy=None,

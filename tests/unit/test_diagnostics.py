@@ -1,4 +1,5 @@
-"""World-model diagnostics (ALGORITHM.md section 7): open-loop error, action z statistics, advantage gain."""
+"""World-model diagnostics (ALGORITHM.md section 7): open-loop error, action z statistics, advantage gain, and the
+response of imagined returns to the actions."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
-from agd_ray.world_model.diagnostics import action_z_stats, advantage_gain, collect_windows, open_loop_error
+from agd_ray.world_model.diagnostics import (action_z_stats, advantage_gain, collect_windows, imagine_with_actions,
+                                             open_loop_error, simulated_rewards, within_start_correlation)
 
 HORIZON = 8
 
@@ -129,3 +131,52 @@ def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
     second = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
     assert first == second
     assert first["guidance/advantage_gain"] != 0.0
+
+
+@pytest.mark.parametrize("env_id, policy", [
+    ("Reacher-v5", None),  # never terminates inside the window
+    ("InvertedPendulum-v5", lambda obs: np.array([3.0], dtype=np.float32)),  # every window terminates
+])
+def test_simulated_rewards_equal_the_real_windows_rewards(env_id, policy):
+    """Replaying a real window's actions from its start state reproduces its rewards, zeros after a termination
+    included (the padded windows of ALGORITHM.md 1); K copies of a sequence give K equal rows."""
+    w = collect_windows(env_id, num_windows=3, horizon=HORIZON, seed=4, policy=policy)
+    actions = np.repeat(w["actions"][:, None], 2, axis=1)  # [S, K=2, H, D_a]
+    rewards = simulated_rewards(env_id, w["qpos"], w["qvel"], actions)
+    assert rewards.shape == (3, 2, HORIZON)
+    np.testing.assert_allclose(rewards[:, 0], w["rewards"], atol=1e-10)
+    np.testing.assert_array_equal(rewards[:, 0], rewards[:, 1])
+
+
+def test_within_start_correlation_closed_forms():
+    rng = np.random.default_rng(0)
+    simulated = rng.normal(size=(40, 8)) + 10 * rng.normal(size=(40, 1))  # action effect + start effect
+    assert within_start_correlation(simulated, simulated) == pytest.approx(1.0)
+    # A start-dependent error and a scale do not matter; the sign does.
+    offset = 5 * rng.normal(size=(40, 1))
+    assert within_start_correlation(3 * simulated + offset, simulated) == pytest.approx(1.0)
+    assert within_start_correlation(-simulated, simulated) == pytest.approx(-1.0)
+    # Returns that follow the start but not the actions: the plain correlation is high, the within-start one is
+    # the sample correlation of independent noise (|r| < 4 / sqrt(S K) = 0.22 with probability > 0.9999).
+    blind = simulated.mean(axis=1, keepdims=True) + rng.normal(size=(40, 8))
+    assert np.corrcoef(blind.ravel(), simulated.ravel())[0, 1] > 0.9
+    assert abs(within_start_correlation(blind, simulated)) < 4 / np.sqrt(40 * 8)
+    assert math.isnan(within_start_correlation(np.ones((4, 3)), simulated[:4, :3]))
+    with pytest.raises(ValueError, match=r"\[S, K\]"):
+        within_start_correlation(simulated[:, :4], simulated)
+
+
+def test_imagine_with_actions_returns_the_given_actions_and_restores_the_model():
+    wm = _tiny_model()
+    wm.log_delta = -3.0
+    config = wm.config.replace(policy_guidance="reparam")
+    wm.config = config
+    g = torch.Generator().manual_seed(5)
+    start, actions = torch.randn(6, 3, generator=g), 0.5 * torch.randn(6, 4, 2, generator=g)
+    out = imagine_with_actions(wm, start, actions, seed=1)
+    # Each action is the given one up to the policy's clamp (3 sigma of sigma = 1e-3).
+    torch.testing.assert_close(out["actions"], actions, rtol=0, atol=3.1e-3)
+    assert torch.equal(out["observations"][:, 0], start)
+    assert wm.log_delta == -3.0 and wm.config == config
+    again = imagine_with_actions(wm, start, actions, seed=1)
+    assert torch.equal(again["observations"], out["observations"])
