@@ -15,6 +15,7 @@ SCALE_MODES = ("classifier", "reference")
 GRAD_WRT = ("x0", "xt")
 AMP_MODES = ("none", "bf16", "fp16")
 POLICY_GUIDANCE = ("score", "reparam", "causal")
+ACTION_INPUTS = ("scaled", "clean")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -72,6 +73,11 @@ class WorldModelConfig(_Config):
     # per window drawn once, so the actions follow the predicted states and end exactly on-policy) or "causal"
     # (ours: the window is built one transition at a time, H - 1 reverse processes; see sampler.sample_windows).
     policy_guidance: str = "score"
+    # What the denoiser is given of the actions: "scaled" (PolyGRAD, ALGORITHM.md 2: sqrt(alpha_bar_t) * a, so
+    # the actions fade out as the noise grows) or "clean" (ours: a at every t, so the coarse steps, which settle
+    # the trajectory's shape, see the actions too; pair it with "reparam" or "causal", whose actions are policy
+    # samples at every step, not the score rule's noisy iterate).
+    action_input: str = "scaled"
     delta_init: float = 0.005  # initial policy-guidance step size ("score")
     delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step
     return_model_hidden: int = 256  # width of the reward guide's return model J (0: not trained)
@@ -102,6 +108,7 @@ class WorldModelConfig(_Config):
         check_field("action_bound", self.action_bound, self.action_bound is None or self.action_bound > 0,
                     "None or > 0")
         check_choice("policy_guidance", self.policy_guidance, POLICY_GUIDANCE)
+        check_choice("action_input", self.action_input, ACTION_INPUTS)
         check_field("delta_init", self.delta_init, self.delta_init > 0, "> 0")
         check_field("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
         check_field("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")

@@ -108,20 +108,21 @@ def open_loop_error(env, qpos, qvel, actions, imagined_obs) -> np.ndarray:
 @torch.no_grad()
 def imagine_with_actions(wm, start_obs, actions, *, seed: int = 0) -> dict:
     """The world model's windows from `start_obs` [B, D_s] conditioned on given actions [B, H, D_a] (the model's
-    action space): PolyGRAD's sampler with a "policy" whose mean is those actions (std 1e-3) and a policy step of
-    factor 1, so every denoised action is the given one. Returns `WorldModel.imagine`'s dict; `wm` is unchanged."""
+    action space): the "reparam" sampler with a "policy" whose mean is those actions and whose std is 1e-6, so
+    the denoiser sees the given actions at every reverse step, as in training (the score rule would add its
+    posterior noise to them). Returns `WorldModel.imagine`'s dict; `wm` is unchanged."""
     given = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=wm.device)
 
     def replay(states):
-        return given.to(states.dtype), torch.full_like(given, 1e-3, dtype=states.dtype)
+        return given.to(states.dtype), torch.full_like(given, 1e-6, dtype=states.dtype)
 
-    log_delta, config = wm.log_delta, wm.config
-    wm.log_delta, wm.config = 0.0, config.replace(policy_guidance="score")
+    config = wm.config
+    wm.config = config.replace(policy_guidance="reparam")
     try:
         return wm.imagine(start_obs, policy=replay, guide=GuideConfig(kind="none"),
                           generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
     finally:
-        wm.log_delta, wm.config = log_delta, config
+        wm.config = config
 
 
 def simulated_rewards(env, qpos, qvel, actions) -> np.ndarray:

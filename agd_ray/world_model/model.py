@@ -144,12 +144,16 @@ class WorldModel:
         return x0, norm.normalize("actions", data["actions"])
 
     # ------------------------------------------------------------------------------------------ training
+    def _action_input(self, sab: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The denoiser's action input at sqrt(alpha_bar_t) = sab [B]: sab * a ("scaled") or a ("clean")."""
+        return actions if self.config.action_input == "clean" else sab[:, None, None] * actions
+
     def diffusion_loss(self, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
         """Unreduced x0-prediction loss (x0_hat - x0)^2: [B, H, D_s + 2] (ALGORITHM.md 2), and x_t."""
         sab = self._sqrt_alpha_bar[t]  # [B]
         x_t = inpaint_start(q_sample(x0, sab, noise), x0[:, 0, : self.obs_dim])
         with self._autocast():
-            x0_hat = self.denoiser(x_t, sab[:, None, None] * actions, t)
+            x0_hat = self.denoiser(x_t, self._action_input(sab, actions), t)
         x0_hat = inpaint_start(x0_hat.float(), x0[:, 0, : self.obs_dim])
         return (x0_hat - x0) ** 2, x_t
 
@@ -201,7 +205,7 @@ class WorldModel:
         x_t = inpaint_start(q_sample(x0, sab, noise), x0[:, 0, : self.obs_dim])
         target = (x0[..., self.obs_dim] * self._discounts).sum(dim=1)  # [B]
         with self._autocast():
-            pred = self.return_model(x_t, sab[:, None, None] * actions, t)
+            pred = self.return_model(x_t, self._action_input(sab, actions), t)
         loss = ((pred.float() - target) ** 2).mean()
         self._step(self.return_optimizer, self.return_model, loss)
         return loss.item()
@@ -245,7 +249,7 @@ class WorldModel:
         norm = self.normalizer
         settings = SamplerSettings(self.config.clip_state_change, self.config.clip_last_steps,
                                    self.config.action_clamp_sigmas, self.config.action_bound,
-                                   self.config.policy_guidance)
+                                   self.config.policy_guidance, self.config.action_input)
         x0, actions = sample_windows(
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,

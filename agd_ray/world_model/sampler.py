@@ -26,6 +26,7 @@ class SamplerSettings:
     action_clamp_sigmas: float = 3.0
     action_bound: float | None = None  # the denoiser is conditioned on actions clipped to +- this (None: not)
     policy_guidance: str = "score"  # "score" (PolyGRAD), "reparam" or "causal" (ours); see sample_windows
+    action_input: str = "scaled"  # the denoiser's action input: sqrt(alpha_bar_t) * a ("scaled") or a ("clean")
 
 
 def state_change_bound(step: ReverseStep, settings: SamplerSettings) -> float | None:
@@ -104,7 +105,8 @@ def sample_windows(
 
     Policy guidance `settings.policy_guidance`: "score" is PolyGRAD's (clamp, step of size delta along
     grad log pi, posterior noise on the actions). "reparam" (ours) draws one eps ~ N(0, I) per window and step
-    at the start and sets a = mu(s_hat) + sigma(s_hat) eps after every denoising, with no other action noise:
+    at the start and sets a = mu(s) + sigma(s) eps, at the start state s[0] before the first denoising and at the
+    predicted states s_hat after every denoising, with no other action noise:
     the actions move only as the predicted states do, and the returned ones are exactly the policy's
     reparameterised samples at the returned states (z = eps), whatever delta is. "causal" (ours) builds the
     window one transition at a time: with s[0..h] committed, a[h] = mu(s[h]) + sigma(s[h]) eps[h] is fixed at the
@@ -179,11 +181,15 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
     x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
     a = prefix.fix_actions(torch.randn(shape_a, generator=generator, device=device))
     reparam = eps is not None
+    if reparam:  # the first denoising sees policy samples too: at the start state, before any state is predicted
+        mean, std = policy(normalizer.unnormalize("observations", start_obs)[:, None].expand(-1, horizon, -1))
+        a = prefix.fix_actions(normalizer.normalize("actions", mean + std * eps))
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
         timesteps = torch.full((batch,), step.t, device=device, dtype=torch.long)
-        scaled_actions = step.sqrt_alpha_bar_t * executed(a)
+        scale = 1.0 if settings.action_input == "clean" else step.sqrt_alpha_bar_t
+        scaled_actions = scale * executed(a)
         with torch.set_grad_enabled(guide.differentiate_xt):
             x_in = x.requires_grad_(True) if guide.differentiate_xt else x
             with autocast():

@@ -174,9 +174,18 @@ def test_imagine_with_actions_returns_the_given_actions_and_restores_the_model()
     g = torch.Generator().manual_seed(5)
     start, actions = torch.randn(6, 3, generator=g), 0.5 * torch.randn(6, 4, 2, generator=g)
     out = imagine_with_actions(wm, start, actions, seed=1)
-    # Each action is the given one up to the policy's clamp (3 sigma of sigma = 1e-3).
-    torch.testing.assert_close(out["actions"], actions, rtol=0, atol=3.1e-3)
+    torch.testing.assert_close(out["actions"], actions, rtol=0, atol=1e-4)  # the given ones (sigma 1e-6)
     assert torch.equal(out["observations"][:, 0], start)
     assert wm.log_delta == -3.0 and wm.config == config
+    # The denoiser sees the given actions at every reverse step (scaled by sqrt(alpha_bar_t)), as in training.
+    seen = []
+    forward = wm.ema_denoiser.forward
+    wm.ema_denoiser.forward = lambda x, a, t: seen.append((a.clone(), t.clone())) or forward(x, a, t)
+    imagine_with_actions(wm, start, actions, seed=1)
+    del wm.ema_denoiser.forward
+    assert len(seen) == wm.config.sampling_steps
+    for a, t in seen:
+        expected = wm._sqrt_alpha_bar[t][:, None, None] * wm.normalizer.normalize("actions", actions)
+        torch.testing.assert_close(a, expected, rtol=0, atol=1e-4)
     again = imagine_with_actions(wm, start, actions, seed=1)
     assert torch.equal(again["observations"], out["observations"])

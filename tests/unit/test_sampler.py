@@ -371,3 +371,40 @@ def test_the_sampler_bounds_each_state_change_by_the_clip_and_leaves_reward_and_
     torch.testing.assert_close(changes[:, :, 1:, :DS], expected[:, None, None, None].expand(6, B, H - 1, DS))
     torch.testing.assert_close(changes[..., DS:], torch.full((6, B, H, 2), 100.0))
     assert torch.equal(x[:, 0, :DS], start)
+
+
+def test_action_input_is_checked():
+    with pytest.raises(ValueError, match="action_input='noisy'.*'scaled', 'clean'"):
+        WorldModelConfig(action_input="noisy")
+
+
+@pytest.mark.parametrize("action_input", ["scaled", "clean"])
+def test_the_denoiser_sees_the_actions_scaled_or_clean_in_training_and_sampling(model, action_input):
+    """"scaled": sqrt(alpha_bar_t) * a, "clean": a, at every t, in the training loss and in the reparam sampler
+    (whose actions are the policy's mu + sigma eps; sigma tiny here, so they are the policy's mean)."""
+    cfg = model.config.replace(action_input=action_input, policy_guidance="reparam")
+    wm = WorldModel(DS, DA, cfg, seed=0)
+    wm.load_state_dict(model.state_dict() | {"config": cfg.to_dict()})
+    seen = []
+    for net in (wm.denoiser, wm.ema_denoiser):
+        forward = net.forward
+        net.forward = lambda x, a, t, forward=forward: seen.append((a.detach().clone(), t.clone())) or forward(x, a, t)
+
+    def scale(t):
+        return torch.ones_like(t, dtype=torch.float32) if action_input == "clean" else wm._sqrt_alpha_bar[t]
+
+    g = torch.Generator().manual_seed(3)
+    actions = torch.randn(8, H, DA, generator=g)
+    x0 = torch.randn(8, H, DS + 2, generator=g)
+    t = torch.tensor([1, 5, 10, 20, 2, 7, 13, 19])
+    wm.diffusion_loss(x0, actions, t, torch.randn(x0.shape, generator=g))
+    (a, t_seen), = seen
+    torch.testing.assert_close(a, scale(t)[:, None, None] * actions)
+
+    seen.clear()
+    fixed = lambda s: (torch.tanh(s[..., :DA]) * 0 + 0.3, torch.full(s.shape[:-1] + (DA,), 1e-6))  # noqa: E731
+    wm.imagine(_start(), policy=fixed, guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
+    assert len(seen) == cfg.sampling_steps
+    target = wm.normalizer.normalize("actions", torch.full((B, H, DA), 0.3))
+    for a, t_step in seen:
+        torch.testing.assert_close(a, scale(t_step)[:, None, None] * target, rtol=0, atol=1e-4)
