@@ -15,7 +15,9 @@ sampled from its replay, with MuJoCo restored to each window's start state:
    samples (`SimulatorImagination`, what `imagination.source="simulator"` feeds PPO): how often it terminates.
 4. the model conditioned on K uniform action sequences from each of S start states, against the simulator
    replaying them: the within-start correlation of the returns (`diagnostics.within_start_correlation`) over
-   the first 1..H-1 steps - do imagined returns follow the actions, the signal PPO takes from them?
+   the first 1..H-1 steps - do imagined returns follow the actions, the signal PPO takes from them? - and the
+   within-start R^2 of the first imagined state by dimension (`diagnostics.within_start_r2`): which parts of
+   the state the model moves with the action as the simulator does.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/consistency.py CHECKPOINT [--env InvertedPendulum-v5] [--windows 128]
 
@@ -96,8 +98,8 @@ def main(argv=None) -> int:
     from agd_ray.envs.termination import terminal_rule, window_terminals
     from agd_ray.imagination import make_critic, make_policy
     from agd_ray.world_model import GuideConfig
-    from agd_ray.world_model.diagnostics import (imagine_with_actions, open_loop_error, simulated_rewards,
-                                                 within_start_correlation)
+    from agd_ray.world_model.diagnostics import (imagine_with_actions, open_loop_error, simulate_actions,
+                                                 within_start_correlation, within_start_r2)
 
     checkpoint = Path(args.checkpoint)
     env_id = args.env or _env_of(checkpoint)
@@ -186,16 +188,20 @@ def main(argv=None) -> int:
     imagined = imagine_with_actions(model, np.repeat(real["observations"][:starts, 0], sequences, axis=0),
                                     uniform.reshape(starts * sequences, horizon, -1), seed=0)
     imagined_rewards = imagined["rewards"].numpy().reshape(starts, sequences, horizon)
-    sim_rewards = simulated_rewards(env, real["qpos"][:starts], real["qvel"][:starts],
-                                    unsquash_action(uniform, env.action_space))
+    simulated = simulate_actions(env, real["qpos"][:starts], real["qvel"][:starts],
+                                 unsquash_action(uniform, env.action_space))
+    sim_rewards = simulated["rewards"]
+    one_step = within_start_r2(imagined["observations"].numpy()[:, 1].reshape(starts, sequences, -1),
+                               simulated["next_observations"][:, :, 0])  # [D_s]
     response = [within_start_correlation(imagined_rewards[..., :h + 1].sum(-1), sim_rewards[..., :h + 1].sum(-1))
                 for h in range(horizon - 1)]
     plain = float(np.corrcoef(imagined_rewards[..., :-1].sum(-1).ravel(), sim_rewards[..., :-1].sum(-1).ravel())[0, 1])
     result["action_response"] = {"starts": starts, "sequences": sequences, "within_start_by_steps": response,
-                                 "plain_window_return": plain}
+                                 "plain_window_return": plain, "one_step_r2_by_dim": one_step.tolist()}
     print(f"4. {sequences} uniform action sequences from each of {starts} starts, the model conditioned on them: "
           f"within-start correlation of imagined and simulated returns over the first 1..{horizon - 1} steps "
-          f"{' '.join(f'{c:.2f}' for c in response)} (plain correlation of the window returns {plain:.2f})")
+          f"{' '.join(f'{c:.2f}' for c in response)} (plain correlation of the window returns {plain:.2f}); "
+          f"within-start R^2 of s[1] by state dimension {' '.join(f'{c:.2f}' for c in one_step)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"-> {args.out}")

@@ -125,11 +125,12 @@ def imagine_with_actions(wm, start_obs, actions, *, seed: int = 0) -> dict:
         wm.config = config
 
 
-def simulated_rewards(env, qpos, qvel, actions) -> np.ndarray:
-    """The simulator's rewards for action sequences replayed from true start states.
+def simulate_actions(env, qpos, qvel, actions) -> dict:
+    """The simulator replaying action sequences from true start states.
 
     qpos: [S, n_q], qvel: [S, n_v]; actions: [S, K, H, D_a] in the env's action space (clipped to it): K
-    sequences per start. Returns rewards [S, K, H]; after a termination (or truncation) the rest are 0, as in a
+    sequences per start. Returns rewards [S, K, H] and next_observations [S, K, H, D_s] (the observation after
+    each step); after a termination (or truncation) rewards are 0 and the last observation is repeated, as in a
     padded window (ALGORITHM.md 1).
     """
     env = _make_env(env)
@@ -137,16 +138,34 @@ def simulated_rewards(env, qpos, qvel, actions) -> np.ndarray:
     low, high = env.action_space.low, env.action_space.high
     starts, sequences, horizon = actions.shape[:3]
     rewards = np.zeros((starts, sequences, horizon))
+    next_obs = np.zeros((starts, sequences, horizon, env.observation_space.shape[0]))
     for s in range(starts):
         for k in range(sequences):
             env.reset(seed=s)
             env.unwrapped.set_state(np.asarray(qpos[s], np.float64), np.asarray(qvel[s], np.float64))
             for h in range(horizon):
-                _, reward, terminated, truncated, _ = env.step(np.clip(actions[s, k, h], low, high).astype(np.float32))
-                rewards[s, k, h] = reward
+                obs, reward, terminated, truncated, _ = env.step(
+                    np.clip(actions[s, k, h], low, high).astype(np.float32))
+                rewards[s, k, h], next_obs[s, k, h:] = reward, obs
                 if terminated or truncated:
                     break
-    return rewards
+    return {"rewards": rewards, "next_observations": next_obs}
+
+
+def _within(x: np.ndarray) -> np.ndarray:
+    """[S, K, ...] minus the mean over K per start."""
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def within_start_r2(imagined, simulated) -> np.ndarray:
+    """R^2 of the imagined against the simulated quantity [S, K, D] after centring both per start state:
+    1 - sum((d_im - d_sim)^2) / sum(d_sim^2) per last-axis entry [D] (nan where the simulator's does not vary).
+    1: the model moves it with the actions as the simulator does; 0: as well as not moving it at all."""
+    a, b = _within(np.asarray(imagined, np.float64)), _within(np.asarray(simulated, np.float64))
+    total = (b**2).sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 1e-12, 1.0 - ((a - b) ** 2).sum(axis=(0, 1)) / np.where(total > 1e-12, total, 1.0),
+                        np.nan)
 
 
 def within_start_correlation(imagined, simulated) -> float:
@@ -162,8 +181,7 @@ def within_start_correlation(imagined, simulated) -> float:
     imagined, simulated = np.asarray(imagined, np.float64), np.asarray(simulated, np.float64)
     if imagined.shape != simulated.shape or imagined.ndim != 2:
         raise ValueError(f"imagined {imagined.shape} and simulated {simulated.shape} must both be [S, K]")
-    a = (imagined - imagined.mean(axis=1, keepdims=True)).ravel()
-    b = (simulated - simulated.mean(axis=1, keepdims=True)).ravel()
+    a, b = _within(imagined).ravel(), _within(simulated).ravel()
     norm = np.sqrt((a @ a) * (b @ b))
     return float(a @ b / norm) if norm > 0 else float("nan")
 

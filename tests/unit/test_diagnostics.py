@@ -9,7 +9,8 @@ import torch
 
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
 from agd_ray.world_model.diagnostics import (action_z_stats, advantage_gain, collect_windows, imagine_with_actions,
-                                             open_loop_error, simulated_rewards, within_start_correlation)
+                                             open_loop_error, simulate_actions, within_start_correlation,
+                                             within_start_r2)
 
 HORIZON = 8
 
@@ -137,15 +138,17 @@ def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
     ("Reacher-v5", None),  # never terminates inside the window
     ("InvertedPendulum-v5", lambda obs: np.array([3.0], dtype=np.float32)),  # every window terminates
 ])
-def test_simulated_rewards_equal_the_real_windows_rewards(env_id, policy):
-    """Replaying a real window's actions from its start state reproduces its rewards, zeros after a termination
-    included (the padded windows of ALGORITHM.md 1); K copies of a sequence give K equal rows."""
-    w = collect_windows(env_id, num_windows=3, horizon=HORIZON, seed=4, policy=policy)
-    actions = np.repeat(w["actions"][:, None], 2, axis=1)  # [S, K=2, H, D_a]
-    rewards = simulated_rewards(env_id, w["qpos"], w["qvel"], actions)
-    assert rewards.shape == (3, 2, HORIZON)
-    np.testing.assert_allclose(rewards[:, 0], w["rewards"], atol=1e-10)
-    np.testing.assert_array_equal(rewards[:, 0], rewards[:, 1])
+def test_simulate_actions_reproduces_the_real_windows(env_id, policy):
+    """Replaying a real window's actions from its start state reproduces its rewards and next observations,
+    the padding after a termination included (ALGORITHM.md 1); K copies of a sequence give K equal rows."""
+    w = collect_windows(env_id, num_windows=3, horizon=HORIZON + 1, seed=4, policy=policy)
+    actions = np.repeat(w["actions"][:, None, :HORIZON], 2, axis=1)  # [S, K=2, H, D_a]
+    out = simulate_actions(env_id, w["qpos"], w["qvel"], actions)
+    assert out["rewards"].shape == (3, 2, HORIZON) and out["next_observations"].shape[:3] == (3, 2, HORIZON)
+    np.testing.assert_allclose(out["rewards"][:, 0], w["rewards"][:, :HORIZON], atol=1e-10)
+    np.testing.assert_allclose(out["next_observations"][:, 0], w["observations"][:, 1:], atol=1e-10)
+    for key in out:
+        np.testing.assert_array_equal(out[key][:, 0], out[key][:, 1])
 
 
 def test_within_start_correlation_closed_forms():
@@ -162,6 +165,14 @@ def test_within_start_correlation_closed_forms():
     assert np.corrcoef(blind.ravel(), simulated.ravel())[0, 1] > 0.9
     assert abs(within_start_correlation(blind, simulated)) < 4 / np.sqrt(40 * 8)
     assert math.isnan(within_start_correlation(np.ones((4, 3)), simulated[:4, :3]))
+    # R^2 per dimension: exact copy 1, a per-start offset changes nothing, not moving at all 0, twice the move -1.
+    sim3 = np.stack([simulated, 2 * simulated + 1], axis=-1)  # [S, K, 2]
+    np.testing.assert_allclose(within_start_r2(sim3 + offset[..., None], sim3), [1.0, 1.0])
+    np.testing.assert_allclose(within_start_r2(np.repeat(sim3.mean(1, keepdims=True), 8, 1), sim3), [0.0, 0.0],
+                               atol=1e-12)
+    np.testing.assert_allclose(within_start_r2(2 * sim3, sim3), [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(within_start_r2(3 * sim3, sim3), [-3.0, -3.0])
+    assert np.isnan(within_start_r2(sim3, np.ones_like(sim3))).all()
     with pytest.raises(ValueError, match=r"\[S, K\]"):
         within_start_correlation(simulated[:, :4], simulated)
 
