@@ -165,7 +165,7 @@ def test_within_start_correlation_closed_forms():
     assert np.corrcoef(blind.ravel(), simulated.ravel())[0, 1] > 0.9
     assert abs(within_start_correlation(blind, simulated)) < 4 / np.sqrt(40 * 8)
     assert math.isnan(within_start_correlation(np.ones((4, 3)), simulated[:4, :3]))
-    # R^2 per dimension: exact copy 1, a per-start offset changes nothing, not moving at all 0, twice the move -1.
+    # R^2 per dimension: a copy with a per-start offset 1, not moving at all 0, twice the move 0, three times -3.
     sim3 = np.stack([simulated, 2 * simulated + 1], axis=-1)  # [S, K, 2]
     np.testing.assert_allclose(within_start_r2(sim3 + offset[..., None], sim3), [1.0, 1.0])
     np.testing.assert_allclose(within_start_r2(np.repeat(sim3.mean(1, keepdims=True), 8, 1), sim3), [0.0, 0.0],

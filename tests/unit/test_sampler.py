@@ -336,7 +336,8 @@ def test_state_change_bound_is_polygrads_clip_at_k_equal_n_and_keeps_its_stretch
         steps = DiffusionSchedule(64).reverse_steps(k)
         clipped = [(step, state_change_bound(step, settings)) for step in steps]
         clipped = [(step, b) for step, b in clipped if b is not None]
-        assert all(step.t <= 10 for step, _ in clipped) and all(step.t > 10 for step in steps[:len(steps) - len(clipped)])
+        assert all(step.t <= 10 for step, _ in clipped)
+        assert all(step.t > 10 for step in steps[:len(steps) - len(clipped)])  # the clipped steps are the last ones
         assert sum(b for _, b in clipped) == pytest.approx(0.25 * clipped[0][0].t)
     assert state_change_bound(full[-1], SamplerSettings(0.25, 0, 3.0)) is None  # 0: no clip at all
 
@@ -398,11 +399,11 @@ def test_the_denoiser_sees_the_actions_scaled_or_clean_in_training_and_sampling(
     x0 = torch.randn(8, H, DS + 2, generator=g)
     t = torch.tensor([1, 5, 10, 20, 2, 7, 13, 19])
     wm.diffusion_loss(x0, actions, t, torch.randn(x0.shape, generator=g))
-    (a, t_seen), = seen
+    [(a, _)] = seen
     torch.testing.assert_close(a, scale(t)[:, None, None] * actions)
 
     seen.clear()
-    fixed = lambda s: (torch.tanh(s[..., :DA]) * 0 + 0.3, torch.full(s.shape[:-1] + (DA,), 1e-6))  # noqa: E731
+    fixed = lambda s: (torch.full_like(s[..., :DA], 0.3), torch.full_like(s[..., :DA], 1e-6))  # noqa: E731
     wm.imagine(_start(), policy=fixed, guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
     assert len(seen) == cfg.sampling_steps
     target = wm.normalizer.normalize("actions", torch.full((B, H, DA), 0.3))
