@@ -19,7 +19,7 @@ from agd_ray.world_model.denoiser import ResidualMLPDenoiser, ReturnModel
 from agd_ray.world_model.diagnostics import action_z_stats
 from agd_ray.world_model.guidance import Critic, Policy, build_guide
 from agd_ray.world_model.normalizer import FIELDS, NormalizerSnapshot
-from agd_ray.world_model.sampler import SamplerSettings, inpaint_start, q_sample, sample_windows
+from agd_ray.world_model.sampler import SamplerSettings, denoiser_actions, inpaint_start, q_sample, sample_windows
 from agd_ray.world_model.schedule import DiffusionSchedule
 
 STATE_VERSION = 1
@@ -145,8 +145,8 @@ class WorldModel:
 
     # ------------------------------------------------------------------------------------------ training
     def _action_input(self, sab: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The denoiser's action input at sqrt(alpha_bar_t) = sab [B]: sab * a ("scaled") or a ("clean")."""
-        return actions if self.config.action_input == "clean" else sab[:, None, None] * actions
+        """The denoiser's action input at sqrt(alpha_bar_t) = sab [B] (`sampler.denoiser_actions`)."""
+        return denoiser_actions(actions, sab[:, None, None], self.config.action_input)
 
     def diffusion_loss(self, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
         """Unreduced x0-prediction loss (x0_hat - x0)^2: [B, H, D_s + 2] (ALGORITHM.md 2), and x_t."""

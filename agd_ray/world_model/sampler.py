@@ -29,6 +29,12 @@ class SamplerSettings:
     action_input: str = "scaled"  # the denoiser's action input: sqrt(alpha_bar_t) * a ("scaled") or a ("clean")
 
 
+def denoiser_actions(actions: torch.Tensor, sqrt_alpha_bar, action_input: str) -> torch.Tensor:
+    """What the denoiser is given of the (normalised) actions at sqrt(alpha_bar_t): sqrt(alpha_bar_t) * a for
+    "scaled" (PolyGRAD), a for "clean" (ours). One rule for training and sampling."""
+    return actions if action_input == "clean" else sqrt_alpha_bar * actions
+
+
 def state_change_bound(step: ReverseStep, settings: SamplerSettings) -> float | None:
     """The bound on the state change |mu - x| of reverse step t -> s, or None where there is none.
 
@@ -188,8 +194,7 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
         timesteps = torch.full((batch,), step.t, device=device, dtype=torch.long)
-        scale = 1.0 if settings.action_input == "clean" else step.sqrt_alpha_bar_t
-        scaled_actions = scale * executed(a)
+        scaled_actions = denoiser_actions(executed(a), step.sqrt_alpha_bar_t, settings.action_input)
         with torch.set_grad_enabled(guide.differentiate_xt):
             x_in = x.requires_grad_(True) if guide.differentiate_xt else x
             with autocast():
