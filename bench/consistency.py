@@ -65,21 +65,6 @@ def _env_of(checkpoint: Path) -> str | None:
     return json.loads(config.read_text()).get("env") if config.is_file() else None
 
 
-def sim_termination(env, qpos, qvel, actions) -> np.ndarray:
-    """Whether the simulator terminates when it replays `actions` [B, H, D_a] (env space) from each start."""
-    out = np.zeros(len(qpos), dtype=bool)
-    for b in range(len(qpos)):
-        env.reset(seed=b)
-        env.unwrapped.set_state(qpos[b], qvel[b])
-        for h in range(actions.shape[1] - 1):
-            _, _, terminated, truncated, _ = env.step(actions[b, h].astype(np.float32))
-            if terminated:
-                out[b] = True
-            if terminated or truncated:
-                break
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint directory with agd/ (train's OUTPUT/checkpoint, a trial's)")
@@ -163,7 +148,8 @@ def main(argv=None) -> int:
         mean, std = policy(out["observations"])
         z_std = float(((out["actions"] - mean) / std).std())
         env_actions = unsquash_action(out["actions"].detach().numpy().astype(np.float64), env.action_space)
-        sim = sim_termination(env, real["qpos"], real["qvel"], env_actions)
+        # whether the simulator terminates replaying the imagined actions a[0..H-2] from each start
+        sim = simulate_actions(env, real["qpos"], real["qvel"], env_actions[:, None, :-1])["terminals"][:, 0, -1] > 0
         error = open_loop_error(env, real["qpos"], real["qvel"], env_actions, out["observations"])
         by_rule = window_terminals(rule, out["observations"])
         row = {"policy_guidance": mode, "delta": delta, "z_std": z_std,

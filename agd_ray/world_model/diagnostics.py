@@ -129,15 +129,16 @@ def simulate_actions(env, qpos, qvel, actions) -> dict:
     """The simulator replaying action sequences from true start states.
 
     qpos: [S, n_q], qvel: [S, n_v]; actions: [S, K, H, D_a] in the env's action space (clipped to it): K
-    sequences per start. Returns rewards [S, K, H] and next_observations [S, K, H, D_s] (the observation after
-    each step); after a termination (or truncation) rewards are 0 and the last observation is repeated, as in a
-    padded window (ALGORITHM.md 1).
+    sequences per start. Returns rewards [S, K, H], terminals [S, K, H] (1 from the step the env terminates on)
+    and next_observations [S, K, H, D_s] (the observation after each step); after a termination (or truncation)
+    rewards are 0 and the last observation is repeated, as in a padded window (ALGORITHM.md 1).
     """
     env = _make_env(env)
     actions = np.asarray(actions, np.float64)
     low, high = env.action_space.low, env.action_space.high
     starts, sequences, horizon = actions.shape[:3]
     rewards = np.zeros((starts, sequences, horizon))
+    terminals = np.zeros((starts, sequences, horizon))
     next_obs = np.zeros((starts, sequences, horizon, env.observation_space.shape[0]))
     for s in range(starts):
         for k in range(sequences):
@@ -147,9 +148,10 @@ def simulate_actions(env, qpos, qvel, actions) -> dict:
                 obs, reward, terminated, truncated, _ = env.step(
                     np.clip(actions[s, k, h], low, high).astype(np.float32))
                 rewards[s, k, h], next_obs[s, k, h:] = reward, obs
+                terminals[s, k, h:] = float(terminated)
                 if terminated or truncated:
                     break
-    return {"rewards": rewards, "next_observations": next_obs}
+    return {"rewards": rewards, "terminals": terminals, "next_observations": next_obs}
 
 
 def _within(x: np.ndarray) -> np.ndarray:

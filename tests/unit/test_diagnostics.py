@@ -139,14 +139,15 @@ def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
     ("InvertedPendulum-v5", lambda obs: np.array([3.0], dtype=np.float32)),  # every window terminates
 ])
 def test_simulate_actions_reproduces_the_real_windows(env_id, policy):
-    """Replaying a real window's actions from its start state reproduces its rewards and next observations,
-    the padding after a termination included (ALGORITHM.md 1); K copies of a sequence give K equal rows."""
+    """Replaying a real window's actions from its start state reproduces its rewards, terminals and next
+    observations, the padding after a termination included (ALGORITHM.md 1); K copies of a sequence give K equal rows."""
     w = collect_windows(env_id, num_windows=3, horizon=HORIZON + 1, seed=4, policy=policy)
     actions = np.repeat(w["actions"][:, None, :HORIZON], 2, axis=1)  # [S, K=2, H, D_a]
     out = simulate_actions(env_id, w["qpos"], w["qvel"], actions)
     assert out["rewards"].shape == (3, 2, HORIZON) and out["next_observations"].shape[:3] == (3, 2, HORIZON)
     np.testing.assert_allclose(out["rewards"][:, 0], w["rewards"][:, :HORIZON], atol=1e-10)
     np.testing.assert_allclose(out["next_observations"][:, 0], w["observations"][:, 1:], atol=1e-10)
+    np.testing.assert_array_equal(out["terminals"][:, 0], w["terminals"][:, :HORIZON])
     for key in out:
         np.testing.assert_array_equal(out[key][:, 0], out[key][:, 1])
 
