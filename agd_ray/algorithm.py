@@ -238,11 +238,30 @@ class AGD(PPO):
 
     # ---------------------------------------------------------------------------------------------------
     @override(PPO)
+    def step(self):
+        """RLlib's iteration (training, and evaluation every `evaluation_interval` iterations), plus an
+        evaluation on the iteration that reaches `evaluate_at_env_steps`; `agd/evaluated` in the result says
+        whether this iteration's `evaluation` results were measured in it (RLlib repeats the last ones)."""
+        interval, budget = self.config.evaluation_interval, self.config.evaluate_at_env_steps
+        evaluated = bool(interval) and (self.iteration + 1) % interval == 0  # RLlib's own rule (Algorithm.step)
+        before = self._env_steps_lifetime()
+        results = super().step()
+        if interval and budget and not evaluated and before < budget <= self._env_steps_lifetime():
+            results.update(self._run_one_evaluation(parallel_train_future=None))
+            evaluated = True
+        results.setdefault("agd", {})["evaluated"] = evaluated
+        return results
+
+    def _env_steps_lifetime(self) -> int:
+        if self.config.model_based:  # the loop's own count (a restored run's too)
+            return self._counters["env_steps"]
+        return int(self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+
+    @override(PPO)
     def training_step(self) -> None:
         if not self.config.model_based:
             super().training_step()
-            self._counters["env_steps"] = int(
-                self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+            self._counters["env_steps"] = self._env_steps_lifetime()
             return
         self._phase_s, self._wait_s, self._transfer_s = {}, dict.fromkeys(_WAITS, 0.0), dict.fromkeys(_WAITS, 0.0)
         self._prefetched = 0  # batches of this iteration that were in flight before they were needed

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-cpus", type=int, default=None,
                        help="logical CPUs of the embedded local Ray (default: the machine's count)")
     train.add_argument("--eval-interval", type=int, default=None,
-                       help="evaluate the mean action every this many iterations (0: never; default: preset)")
+                       help="evaluate the mean action every this many iterations, and on the one reaching --env-steps "
+                            "(0: never; default: preset)")
     train.add_argument("--checkpoint-every", type=int, default=0,
                        help="also checkpoint every this many iterations (0: only at the end)")
     train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
@@ -310,6 +311,7 @@ def build_config(args, resolved: dict):
         except ValueError as error:
             raise UsageError(f"--config: {error}") from None
     if eval_interval:
+        config.evaluate_at_env_steps = args.env_steps
         config = config.evaluation(
             evaluation_interval=eval_interval,
             evaluation_num_env_runners=1,
@@ -363,10 +365,14 @@ def _lookup(result: dict, path: tuple):
 
 def result_row(result: dict) -> dict:
     row = {name: _lookup(result, path) for name, path in ROW_KEYS.items()}
-    # RLlib carries the last evaluation forward in every result: keep it only where it was measured.
-    interval = _lookup(result, ("config", "evaluation_interval"))
-    iteration = _lookup(result, ("training_iteration",))
-    if not interval or iteration is None or iteration % interval:
+    # RLlib carries the last evaluation forward in every result: keep it only where it was measured
+    # (`agd/evaluated`, AGD.step; results written before it existed: RLlib's every-`evaluation_interval` rule).
+    evaluated = _lookup(result, ("agd", "evaluated"))
+    if evaluated is None:
+        interval = _lookup(result, ("config", "evaluation_interval"))
+        iteration = _lookup(result, ("training_iteration",))
+        evaluated = bool(interval) and iteration is not None and not iteration % interval
+    if not evaluated:
         row["eval_return_mean"] = None
     if row["env_steps"] is None:
         row["env_steps"] = _lookup(result, ("env_runners", "num_env_steps_sampled_lifetime"))

@@ -155,6 +155,11 @@ class AGDConfig(PPOConfig):
         self.replay_config = ReplayConfig()
         self.recovery_config = RecoveryConfig()
         self.model_based = True
+        # With evaluation on, the iteration that brings the real env steps to this count (the run's budget, set
+        # by `agd-ray train` and `sweep`) evaluates too, whatever `evaluation_interval` says: every method's
+        # curve then ends with an evaluation at its budget (a model-based run's first iteration also samples
+        # replay's prefill, which shifts its scheduled evaluations off the budget). None: only the interval.
+        self.evaluate_at_env_steps = None
         # ALGORITHM.md section 4: gamma 0.99, GAE lambda 0.9, 2x256 MLPs (RLlib's default net).
         self.gamma = 0.99
         self.lambda_ = 0.9
@@ -268,6 +273,9 @@ class AGDConfig(PPOConfig):
         super().validate()
         if isinstance(self.env, str):
             validate_env_id(self.env)
+        _check("evaluate_at_env_steps", self.evaluate_at_env_steps,
+               self.evaluate_at_env_steps is None or int(self.evaluate_at_env_steps) == self.evaluate_at_env_steps >= 1,
+               "None or an integer >= 1")
         if self.model_based and not self.in_evaluation:
             guide = self.guide_config
             _check("guidance.kind", guide.kind, self.imagination_config.source == "diffusion" or not guide.enabled,

@@ -9,7 +9,8 @@ ALGORITHM.md 3, `GuideConfig.reference`); `polygrad-causal` and `sag-causal` (th
 perfect-model control, `imagination.source="simulator"`: an upper bound for learning from these windows, not a
 method). `sag@0.3` / `eag@3` are the same guides at another temperature. Each method x seed
 is one trial of an `agd-ray sweep` (the same `SweepSpec`, `AGD` trainable, stopper and checkpoints), evaluated
-with the mean action every `--eval-every` env steps (rounded to whole iterations); the world-model quality of
+with the mean action every `--eval-every` env steps (rounded to whole iterations) and at `--env-steps` (the
+iteration that reaches the budget evaluates too, so every curve ends there); the world-model quality of
 ALGORITHM.md 7 (open-loop error by step, guided and unguided; action z) is measured on the same runs
 (`imagination.quality_interval`).
 

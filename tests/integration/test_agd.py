@@ -132,6 +132,37 @@ def test_model_free_baseline_same_harness(local_ray):
     assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
 
 
+@pytest.mark.parametrize("model_based", [False, True], ids=["model-free", "model-based"])
+def test_the_iteration_that_reaches_the_budget_evaluates(local_ray, model_based):
+    # Evaluation every 3 iterations; the budget (2 iterations' env steps, the prefill's included) falls between:
+    # the iteration reaching it evaluates too, and `agd/evaluated` marks exactly the evaluated iterations.
+    config = tiny_config().env_runners(num_env_runners=0).replay(prefill_steps=ENV_STEPS_PER_ITER)
+    if not model_based:
+        config = config.model_free()
+    config = config.evaluation(evaluation_interval=3, evaluation_num_env_runners=0, evaluation_duration=1,
+                               evaluation_duration_unit="episodes")
+    config.evaluate_at_env_steps = 2 * ENV_STEPS_PER_ITER
+    algo = config.build_algo()
+    calls, evaluate = [], algo.evaluate
+    algo.evaluate = lambda *args, **kwargs: calls.append(algo.iteration) or evaluate(*args, **kwargs)
+    try:
+        results = [algo.train() for _ in range(4)]
+    finally:
+        algo.stop()
+    steps = [int(r["env_runners"]["num_env_steps_sampled_lifetime"]) for r in results]
+    assert steps[0] < 2 * ENV_STEPS_PER_ITER <= steps[1]
+    assert calls == [1, 2]  # RLlib's `iteration` counts finished iterations: evaluated in the 2nd and the 3rd
+    assert [r["agd"]["evaluated"] for r in results] == [False, True, True, False]
+    assert np.isfinite(results[1]["evaluation"]["env_runners"]["episode_return_mean"])
+
+
+def test_evaluate_at_env_steps_must_be_a_positive_integer():
+    config = tiny_config()
+    config.evaluate_at_env_steps = 0
+    with pytest.raises(ValueError, match=r"evaluate_at_env_steps=0 .*None or an integer >= 1"):
+        config.validate()
+
+
 def test_simulator_source_feeds_ppo_on_policy_windows(local_ray):
     """The perfect-model control (`imagination.source="simulator"`) goes through the same loop: the counters
     hold, and its windows' actions are the policy's own samples (z = (a - mu) / sigma is N(0, 1))."""

@@ -21,6 +21,13 @@ def test_evaluation_return_only_where_measured(iteration, expected):
     assert row["episode_return_mean"] == 29.6 and row["env_steps"] == 500 * iteration
 
 
+@pytest.mark.parametrize("iteration,evaluated,expected", [(6, True, 34.7), (5, False, None), (10, True, 34.7)])
+def test_agd_evaluated_flag_decides_where_it_is_reported(iteration, evaluated, expected):
+    # AGD.step also evaluates on the iteration that reaches the run's budget, off the interval
+    result = {**_result(iteration), "agd": {"evaluated": evaluated}}
+    assert result_row(result)["eval_return_mean"] == expected
+
+
 def test_no_evaluation_interval_means_no_evaluation_column():
     assert result_row(_result(5, interval=0))["eval_return_mean"] is None
     assert result_row({"training_iteration": 1})["eval_return_mean"] is None
