@@ -574,34 +574,47 @@ def check_evaluate_args(args) -> dict:
     return {"checkpoint": checkpoint, "env": env_id}
 
 
-def evaluate(args) -> int:
-    """Mean action of the checkpoint's policy on fresh episodes; prints per-episode and mean returns."""
-    resolved = check_evaluate_args(args)
+def mean_action_returns(checkpoint, env_id: str, episodes: int, seed: int = 0, on_episode=None) -> list[float]:
+    """Returns of the checkpoint's policy acting with its mean action on `episodes` fresh episodes of `env_id`
+    (episode i reset with seed + i); `on_episode(i, return)` after each. Reads only the RL module (no Ray)."""
     import gymnasium as gym
-    import numpy as np
     import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModule
     from ray.rllib.utils.spaces.space_utils import unsquash_action
 
-    module = RLModule.from_checkpoint(str((resolved["checkpoint"] / MODULE_SUBDIR).resolve()))
-    env = gym.make(resolved["env"])
+    module = RLModule.from_checkpoint(str((pathlib.Path(checkpoint) / MODULE_SUBDIR).resolve()))
+    env = gym.make(env_id)
     act_dim = env.action_space.shape[0]
     returns = []
-    for episode in range(args.episodes):
-        obs, _ = env.reset(seed=args.seed + episode)
-        total, done = 0.0, False
-        while not done:
-            with torch.no_grad():
-                out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
-            mean = out[Columns.ACTION_DIST_INPUTS][0, :act_dim].numpy()
-            # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
-            action = unsquash_action(mean, env.action_space)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-        print(f"episode {episode}: return {total:.1f}", flush=True)
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                with torch.no_grad():
+                    out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
+                mean = out[Columns.ACTION_DIST_INPUTS][0, :act_dim].numpy()
+                # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
+                action = unsquash_action(mean, env.action_space)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+            if on_episode is not None:
+                on_episode(episode, total)
+    finally:
+        env.close()
+    return returns
+
+
+def evaluate(args) -> int:
+    """Mean action of the checkpoint's policy on fresh episodes; prints per-episode and mean returns."""
+    resolved = check_evaluate_args(args)
+    import numpy as np
+
+    returns = mean_action_returns(resolved["checkpoint"], resolved["env"], args.episodes, seed=args.seed,
+                                  on_episode=lambda i, r: print(f"episode {i}: return {r:.1f}", flush=True))
     print(f"mean return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes ({resolved['env']})")
     return 0
 

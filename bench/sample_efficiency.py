@@ -85,6 +85,7 @@ EXTRA = {
     "action_z_std_guided": ("quality", "action_z_std_guided"),
 }
 BY_STEP = ("open_loop_mse_guided_by_step", "open_loop_mse_unguided_by_step")
+FINAL_FILE = "final_evaluation.json"  # in a trial's directory: `evaluate_finals`' returns at the budget
 
 
 def method_settings(name: str) -> dict:
@@ -166,11 +167,52 @@ def read_trials(root: Path) -> list[dict]:
         rows = history_rows(trial_history(params_path.parent))
         if not rows:
             continue
+        final = params_path.parent / FINAL_FILE
         trials.append({"experiment": params_path.parent.parent.name, "method": params.get("sweep_method"),
                        "seed": params.get("seed"), "guide": params.get("guidance.kind"),
                        "temperature": params.get("guidance.temperature"),
-                       "model_based": params.get("model_based", True), "rows": rows})
+                       "model_based": params.get("model_based", True), "rows": rows,
+                       "final": json.loads(final.read_text()) if final.is_file() else None})
     return trials
+
+
+def final_checkpoint(trial_dir: Path) -> tuple[Path, int] | None:
+    """The trial's checkpoint with the most real env steps (agd/counters.json) and that count; None without."""
+    best = None
+    for checkpoint in trial_dir.glob("checkpoint_*"):
+        counters = checkpoint / "agd" / "counters.json"
+        if counters.is_file():
+            steps = int(json.loads(counters.read_text())["env_steps"])
+            if best is None or steps > best[1]:
+                best = (checkpoint, steps)
+    return best
+
+
+def evaluate_finals(root: Path, *, env: str, env_steps: int, episodes: int, seed: int = 10_000) -> int:
+    """Runs the mean action of every finished trial's last checkpoint (at >= env_steps) for `episodes`
+    episodes (`agd_ray.cli.mean_action_returns`, episode seeds from `seed`, apart from the runs' own) and writes
+    the returns to the trial's FINAL_FILE; trials that have one with as many episodes are skipped. One
+    protocol for every method at the budget itself, with more episodes than the in-run evaluations.
+    Returns the number of trials evaluated now."""
+    from agd_ray.cli import mean_action_returns
+
+    done = 0
+    for params_path in sorted(root.glob("tune/*/*/params.json")):
+        trial_dir = params_path.parent
+        target = trial_dir / FINAL_FILE
+        if target.is_file() and json.loads(target.read_text())["episodes"] == episodes:
+            continue
+        found = final_checkpoint(trial_dir)
+        if found is None or found[1] < env_steps:
+            continue  # unfinished: its last checkpoint is short of the budget
+        checkpoint, steps = found
+        returns = mean_action_returns(checkpoint, env, episodes, seed=seed)
+        target.write_text(json.dumps({"checkpoint": checkpoint.name, "env_steps": steps, "episodes": episodes,
+                                      "seed": seed, "returns": returns}, indent=1))
+        print(f"final evaluation {trial_dir.name[:60]}: {np.mean(returns):.1f} over {episodes} episodes "
+              f"at {steps} env steps", flush=True)
+        done += 1
+    return done
 
 
 def eval_points(trial: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +247,9 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
             values = [float(curve_at(t, np.asarray([x]))[0]) for t in group
                       if eval_points(t)[0].size and eval_points(t)[0][-1] >= x - eval_every]
             row[f"return@{x}"] = (float(np.mean(values)), float(np.std(values))) if values else None
+        finals = [float(np.mean(t["final"]["returns"])) for t in group if t.get("final")]
+        row["final"] = (float(np.mean(finals)), float(np.std(finals))) if finals else None
+        row["final_seeds"] = len(finals)
         aucs = [float(curve_at(t, grid).mean()) for t in group]
         row["auc"] = (float(np.mean(aucs)), float(np.std(aucs))) if aucs else None
         row["best"] = float(np.mean([eval_points(t)[1].max() for t in group])) if group else None
@@ -280,7 +325,8 @@ def _pm(value) -> str:
 
 
 def format_table(rows: list[dict], fixed_steps: list[int]) -> str:
-    head = (["method", "seeds"] + [f"return @ {x}" for x in fixed_steps]
+    finals = any(row.get("final") for row in rows)
+    head = (["method", "seeds"] + [f"return @ {x}" for x in fixed_steps] + (["final checkpoint"] if finals else [])
             + ["AUC", "best", "wall s", "imagined", "open-loop MSE guided / unguided", "action z mean / std"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -289,7 +335,9 @@ def format_table(rows: list[dict], fixed_steps: list[int]) -> str:
                    if row["open_loop_mse_guided"] is not None else "-")
         z = (f"{_pm(row['action_z_mean_guided'])} / {_pm(row['action_z_std_guided'])}"
              if row["action_z_mean_guided"] is not None else "-")
-        cells = ([row["method"], seeds] + [_pm(row[f"return@{x}"]) for x in fixed_steps]
+        final = ([_pm(row["final"]) + ("" if row["final_seeds"] in (0, row["seeds"]) else f" ({row['final_seeds']})")]
+                 if finals else [])
+        cells = ([row["method"], seeds] + [_pm(row[f"return@{x}"]) for x in fixed_steps] + final
                  + [_pm(row["auc"]), _pm(row["best"]), _pm(row["wall_s"]),
                     _pm(row["imagined_transitions"]), quality, z])
         lines.append("| " + " | ".join(cells) + " |")
@@ -411,6 +459,8 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
         f"# Sample efficiency: {env}, {env_steps} env steps\n\n"
         f"Machine: {machine}. Experiments: {', '.join(sorted({t['experiment'] for t in trials}))}.\n\n"
         f"{table}\n\nReturn at x: the evaluation curve (mean action) interpolated at x env steps, mean ± std over "
+        f"seeds; final checkpoint: each trial's checkpoint at the budget run for {_final_episodes(trials)} "
+        f"episodes (mean action, `--final-episodes`; in brackets the seeds it has where fewer), mean ± std over "
         f"seeds; AUC: its mean over [{eval_every}, {env_steps}]; best: the best evaluation, mean over seeds; "
         f"open-loop MSE: mean over imagined steps 1..H-1 at the last measurement.\n\n"
         f"## Advantage gain by guide and temperature\n\n{gains}\n")
@@ -423,6 +473,11 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
     print(f"\n{count} curve rows from {len(trials)} trials -> {root}/"
           f"{{curves.csv, summary.md, curves.png, quality.png, sample_efficiency.json}}", flush=True)
     return result
+
+
+def _final_episodes(trials: list[dict]) -> str:
+    counts = sorted({t["final"]["episodes"] for t in trials if t.get("final")})
+    return "/".join(map(str, counts)) if counts else "no"
 
 
 def main(argv=None) -> int:
@@ -448,6 +503,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="bench/out/sample_efficiency", help="results go in OUTPUT/ENV/")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment")
     parser.add_argument("--report-only", action="store_true", help="rebuild the files from the results on disk")
+    parser.add_argument("--final-episodes", type=int, default=10,
+                        help="run each finished trial's checkpoint at --env-steps for this many episodes (mean "
+                             "action) for the table's 'final checkpoint' column (0: skip)")
     parser.add_argument("--by-experiment", action="store_true",
                         help="a table row per experiment and method (settings compared under one method name)")
     args = parser.parse_args(argv)
@@ -456,6 +514,8 @@ def main(argv=None) -> int:
     fixed = args.fixed_steps or [round(args.env_steps * q) for q in (0.25, 0.5, 0.75, 1.0)]
     root = Path(args.output).resolve() / args.env
     try:
+        if args.final_episodes < 0:
+            raise ValueError(f"final-episodes={args.final_episodes} is not allowed; it must be >= 0")
         if not args.report_only:
             from agd_ray.sweep import run_sweep
 
@@ -464,6 +524,8 @@ def main(argv=None) -> int:
             print(f"sample efficiency on {args.env}: {len(spec.trials())} trials ({', '.join(args.methods)} x seeds "
                   f"{args.seeds}), {args.env_steps} env steps each, experiment {spec.name}", flush=True)
             run_sweep(spec, output=root / "tune", resume=args.resume, num_cpus=args.num_cpus, verbose=1)
+        if args.final_episodes and (root / "tune").is_dir():
+            evaluate_finals(root, env=args.env, env_steps=args.env_steps, episodes=args.final_episodes)
         report(root, env=args.env, env_steps=args.env_steps, eval_every=args.eval_every, fixed_steps=fixed,
                by_experiment=args.by_experiment)
     except ValueError as error:

@@ -75,3 +75,52 @@ def test_every_method_builds_a_valid_trial_config():
     assert trials["sag-causal-envterm"]["imagination.termination"] == "env"
     assert trials["sag-causal-envterm"]["world_model.policy_guidance"] == "causal"
     assert spec.config == {"world_model.updates_per_env_step": 2.0}
+
+
+def test_final_checkpoint_column_averages_each_trials_episodes_then_seeds():
+    trials = [trial("sag", 0, [2000, 6000], [10.0, 30.0]), trial("sag", 1, [2000, 6000], [20.0, 40.0]),
+              trial("sag", 2, [2000, 6000], [0.0, 0.0])]
+    trials[0]["final"] = {"episodes": 2, "returns": [100.0, 200.0]}  # 150
+    trials[1]["final"] = {"episodes": 2, "returns": [50.0, 50.0]}  # 50
+    (row,) = se.summarize(trials, env_steps=6000, eval_every=2000, fixed_steps=[6000])
+    assert row["final"] == pytest.approx((100.0, 50.0)) and row["final_seeds"] == 2
+    table = se.format_table([row], [6000])
+    assert "final checkpoint" in table.splitlines()[0] and "| 100.0 ± 50.0 (2) |" in table
+    (plain,) = se.summarize(trials[2:], env_steps=6000, eval_every=2000, fixed_steps=[6000])
+    assert plain["final"] is None and "final checkpoint" not in se.format_table([plain], [6000])
+
+
+def _checkpoint(trial_dir, name, env_steps):
+    counters = trial_dir / name / "agd" / "counters.json"
+    counters.parent.mkdir(parents=True)
+    counters.write_text(f'{{"env_steps": {env_steps}}}')
+
+
+def test_final_evaluation_runs_the_budget_checkpoint_once_per_episode_count(tmp_path, monkeypatch):
+    import json
+
+    from agd_ray import cli
+
+    calls = []
+
+    def returns(checkpoint, env_id, episodes, seed=0, on_episode=None):
+        calls.append((checkpoint.name, env_id, episodes, seed))
+        return [float(seed + i) for i in range(episodes)]
+
+    monkeypatch.setattr(cli, "mean_action_returns", returns)
+    done, short = tmp_path / "tune" / "exp" / "done", tmp_path / "tune" / "exp" / "short"
+    for trial_dir in (done, short):
+        trial_dir.mkdir(parents=True)
+        (trial_dir / "params.json").write_text("{}")
+    # the latest checkpoint is the one with the most env steps, not the highest name
+    _checkpoint(done, "checkpoint_000010", 6000)
+    _checkpoint(done, "checkpoint_000009", 5000)
+    _checkpoint(short, "checkpoint_000003", 4000)  # an unfinished trial: not evaluated
+    assert se.final_checkpoint(done) == (done / "checkpoint_000010", 6000)
+    assert se.evaluate_finals(tmp_path, env="Hopper-v5", env_steps=6000, episodes=3, seed=7) == 1
+    assert calls == [("checkpoint_000010", "Hopper-v5", 3, 7)]
+    written = json.loads((done / se.FINAL_FILE).read_text())
+    assert written["returns"] == [7.0, 8.0, 9.0] and written["env_steps"] == 6000
+    assert not (short / se.FINAL_FILE).exists()
+    assert se.evaluate_finals(tmp_path, env="Hopper-v5", env_steps=6000, episodes=3, seed=7) == 0  # cached
+    assert se.evaluate_finals(tmp_path, env="Hopper-v5", env_steps=6000, episodes=5, seed=7) == 1  # more episodes
