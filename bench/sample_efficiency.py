@@ -306,6 +306,23 @@ def write_curves(trials: list[dict], path: Path) -> int:
     return count
 
 
+def write_finals(trials: list[dict], path: Path) -> int:
+    """One row per trial with a final evaluation: its checkpoint's env steps, episodes, mean and returns."""
+    rows = [t for t in sorted(trials, key=lambda t: (_method_order(t["method"]), t["seed"], t["experiment"]))
+            if t.get("final")]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return 0
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["experiment", "method", "seed", "env_steps", "episodes", "mean_return", "returns"])
+        for t in rows:
+            final = t["final"]
+            writer.writerow([t["experiment"], t["method"], t["seed"], final["env_steps"], final["episodes"],
+                             f"{np.mean(final['returns']):.6g}", " ".join(f"{r:.6g}" for r in final["returns"])])
+    return len(rows)
+
+
 def _csv(value):
     if value is None:
         return ""
@@ -449,6 +466,7 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
         raise ValueError(f"no trials with results under {root / 'tune'}; run without --report-only first")
     rows = summarize(trials, env_steps=env_steps, eval_every=eval_every, fixed_steps=fixed_steps)
     count = write_curves(trials, root / "curves.csv")
+    finals = write_finals(trials, root / "final_evaluations.csv")
     title = f"{env}: evaluation return (mean action; mean, min-max over seeds)"
     plot_curves(trials, root / "curves.png", env_steps=env_steps, eval_every=eval_every, title=title)
     plot_quality(trials, root / "quality.png", title=f"{env}: world-model quality (ALGORITHM.md 7)")
@@ -470,8 +488,9 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
     print(table)
     print()
     print(gains)
-    print(f"\n{count} curve rows from {len(trials)} trials -> {root}/"
-          f"{{curves.csv, summary.md, curves.png, quality.png, sample_efficiency.json}}", flush=True)
+    print(f"\n{count} curve rows from {len(trials)} trials ({finals} with a final evaluation) -> {root}/"
+          f"{{curves.csv, final_evaluations.csv, summary.md, curves.png, quality.png, sample_efficiency.json}}",
+          flush=True)
     return result
 
 

@@ -77,7 +77,7 @@ def test_every_method_builds_a_valid_trial_config():
     assert spec.config == {"world_model.updates_per_env_step": 2.0}
 
 
-def test_final_checkpoint_column_averages_each_trials_episodes_then_seeds():
+def test_final_checkpoint_column_averages_each_trials_episodes_then_seeds(tmp_path):
     trials = [trial("sag", 0, [2000, 6000], [10.0, 30.0]), trial("sag", 1, [2000, 6000], [20.0, 40.0]),
               trial("sag", 2, [2000, 6000], [0.0, 0.0])]
     trials[0]["final"] = {"episodes": 2, "returns": [100.0, 200.0]}  # 150
@@ -86,6 +86,11 @@ def test_final_checkpoint_column_averages_each_trials_episodes_then_seeds():
     assert row["final"] == pytest.approx((100.0, 50.0)) and row["final_seeds"] == 2
     table = se.format_table([row], [6000])
     assert "final checkpoint" in table.splitlines()[0] and "| 100.0 ± 50.0 (2) |" in table
+    trials[0]["final"].update(env_steps=6000)
+    trials[1]["final"].update(env_steps=6500)
+    assert se.write_finals(trials, tmp_path / "finals.csv") == 2
+    lines = (tmp_path / "finals.csv").read_text().splitlines()
+    assert lines[1:] == ["x,sag,0,6000,2,150,100 200", "x,sag,1,6500,2,50,50 50"]
     (plain,) = se.summarize(trials[2:], env_steps=6000, eval_every=2000, fixed_steps=[6000])
     assert plain["final"] is None and "final checkpoint" not in se.format_table([plain], [6000])
 
