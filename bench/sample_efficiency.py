@@ -266,7 +266,37 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
         row["guide"] = group[0]["guide"] if group and group[0]["model_based"] else "model-free"
         row["temperature"] = group[0]["temperature"] if group and group[0]["model_based"] else None
         rows.append(row)
+    finals = {t["method"]: [] for t in trials}
+    for trial in trials:
+        if trial.get("final"):
+            finals[trial["method"]].append(float(np.mean(trial["final"]["returns"])))
+    for row in rows:  # does the method's final return beat model-free PPO's? (seeds as the unit)
+        mine, ppo = finals.get(row["method"], []), finals.get("ppo", [])
+        row["final_p_above_ppo"] = (permutation_p(mine, ppo) if row["method"] != "ppo" and len(mine) >= 2
+                                    and len(ppo) >= 2 else None)
     return rows
+
+
+def permutation_p(a, b, *, samples: int = 100_000, seed: int = 0) -> float:
+    """One-sided permutation test: the share of relabellings of a + b into groups of len(a) and len(b) whose
+    mean difference is at least the observed mean(a) - mean(b). Exact (every relabelling) up to `samples`
+    relabellings, else `samples` random ones (seeded)."""
+    import itertools
+
+    pool = np.asarray(list(a) + list(b), dtype=float)
+    n, total = len(a), pool.sum()
+    observed = np.mean(a) - np.mean(b)
+    tolerance = 1e-9 * max(1.0, float(np.abs(pool).max()))
+
+    def difference(first_sum):
+        return first_sum / n - (total - first_sum) / (len(pool) - n)
+
+    if math.comb(len(pool), n) <= samples:
+        sums = [pool[list(c)].sum() for c in itertools.combinations(range(len(pool)), n)]
+    else:
+        rng = np.random.default_rng(seed)
+        sums = [pool[rng.permutation(len(pool))[:n]].sum() for _ in range(samples)]
+    return float(np.mean([difference(x) >= observed - tolerance for x in sums]))
 
 
 def _last(trial: dict, name: str):
@@ -343,7 +373,8 @@ def _pm(value) -> str:
 
 def format_table(rows: list[dict], fixed_steps: list[int]) -> str:
     finals = any(row.get("final") for row in rows)
-    head = (["method", "seeds"] + [f"return @ {x}" for x in fixed_steps] + (["final checkpoint"] if finals else [])
+    head = (["method", "seeds"] + [f"return @ {x}" for x in fixed_steps]
+            + (["final checkpoint", "p (final > ppo)"] if finals else [])
             + ["AUC", "best", "wall s", "imagined", "open-loop MSE guided / unguided", "action z mean / std"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -352,8 +383,9 @@ def format_table(rows: list[dict], fixed_steps: list[int]) -> str:
                    if row["open_loop_mse_guided"] is not None else "-")
         z = (f"{_pm(row['action_z_mean_guided'])} / {_pm(row['action_z_std_guided'])}"
              if row["action_z_mean_guided"] is not None else "-")
-        final = ([_pm(row["final"]) + ("" if row["final_seeds"] in (0, row["seeds"]) else f" ({row['final_seeds']})")]
-                 if finals else [])
+        p_value = row.get("final_p_above_ppo")
+        final = ([_pm(row["final"]) + ("" if row["final_seeds"] in (0, row["seeds"]) else f" ({row['final_seeds']})"),
+                  "-" if p_value is None else f"{p_value:.2f}"] if finals else [])
         cells = ([row["method"], seeds] + [_pm(row[f"return@{x}"]) for x in fixed_steps] + final
                  + [_pm(row["auc"]), _pm(row["best"]), _pm(row["wall_s"]),
                     _pm(row["imagined_transitions"]), quality, z])
@@ -479,7 +511,8 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
         f"{table}\n\nReturn at x: the evaluation curve (mean action) interpolated at x env steps, mean ± std over "
         f"seeds; final checkpoint: each trial's checkpoint at the budget run for {_final_episodes(trials)} "
         f"episodes (mean action, `--final-episodes`; in brackets the seeds it has where fewer), mean ± std over "
-        f"seeds; AUC: its mean over [{eval_every}, {env_steps}]; best: the best evaluation, mean over seeds; "
+        f"seeds; p (final > ppo): one-sided permutation test of the method's final returns (one per seed) against "
+        f"model-free PPO's; AUC: its mean over [{eval_every}, {env_steps}]; best: the best evaluation, mean over seeds; "
         f"open-loop MSE: mean over imagined steps 1..H-1 at the last measurement.\n\n"
         f"## Advantage gain by guide and temperature\n\n{gains}\n")
     result = {"env": env, "env_steps": env_steps, "eval_every": eval_every, "fixed_steps": fixed_steps,

@@ -129,3 +129,28 @@ def test_final_evaluation_runs_the_budget_checkpoint_once_per_episode_count(tmp_
     assert not (short / se.FINAL_FILE).exists()
     assert se.evaluate_finals(tmp_path, env="Hopper-v5", env_steps=6000, episodes=3, seed=7) == 0  # cached
     assert se.evaluate_finals(tmp_path, env="Hopper-v5", env_steps=6000, episodes=5, seed=7) == 1  # more episodes
+
+
+def test_permutation_p_counts_relabellings_closed_form():
+    # 6 distinct values into 3 + 3: C(6, 3) = 20 relabellings; the top three are 1 of them
+    assert se.permutation_p([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(1 / 20)
+    assert se.permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(1.0)
+    # ties with the observed difference count: {1, 4} against {2, 3} is a difference of 0; the first group's
+    # sums over the 6 relabellings are 3, 4, 5, 5, 6, 7, and 4 of them (>= 5) give a difference >= 0
+    assert se.permutation_p([1.0, 4.0], [2.0, 3.0]) == pytest.approx(4 / 6)
+    # sampled when the relabellings exceed `samples`: close to the exact answer
+    a, b = [9.0, 8.0, 7.0, 1.0], [6.0, 5.0, 4.0, 3.0, 2.0]
+    exact = se.permutation_p(a, b)
+    assert se.permutation_p(a, b, samples=100) == pytest.approx(exact, abs=0.03)  # C(9, 4) = 126 > 100
+
+
+def test_final_p_column_compares_each_method_with_ppo():
+    trials = []
+    for seed, (ppo, sag) in enumerate([(0.0, 10.0), (1.0, 11.0), (2.0, 12.0)]):
+        for method, value in (("ppo", ppo), ("sag", sag)):
+            t = trial(method, seed, [2000], [value])
+            t["final"] = {"episodes": 1, "returns": [value]}
+            trials.append(t)
+    rows = {r["method"]: r for r in se.summarize(trials, env_steps=2000, eval_every=2000, fixed_steps=[2000])}
+    assert rows["sag"]["final_p_above_ppo"] == pytest.approx(1 / 20) and rows["ppo"]["final_p_above_ppo"] is None
+    assert "| 0.05 |" in se.format_table([rows["sag"]], [2000])
