@@ -238,6 +238,9 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
     by_method: dict[str, list[dict]] = {}
     for trial in trials:
         by_method.setdefault(trial["method"], []).append(trial)
+    # each trial's final checkpoint: its mean over the episodes, one value per seed
+    finals = {m: [float(np.mean(t["final"]["returns"])) for t in group if t.get("final")]
+              for m, group in by_method.items()}
     rows = []
     for method in sorted(by_method, key=_method_order):
         group = [t for t in by_method[method] if curve_at(t, grid) is not None]
@@ -247,9 +250,9 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
             values = [float(curve_at(t, np.asarray([x]))[0]) for t in group
                       if eval_points(t)[0].size and eval_points(t)[0][-1] >= x - eval_every]
             row[f"return@{x}"] = (float(np.mean(values)), float(np.std(values))) if values else None
-        finals = [float(np.mean(t["final"]["returns"])) for t in group if t.get("final")]
-        row["final"] = (float(np.mean(finals)), float(np.std(finals))) if finals else None
-        row["final_seeds"] = len(finals)
+        mine = finals[method]
+        row["final"] = (float(np.mean(mine)), float(np.std(mine))) if mine else None
+        row["final_seeds"] = len(mine)
         aucs = [float(curve_at(t, grid).mean()) for t in group]
         row["auc"] = (float(np.mean(aucs)), float(np.std(aucs))) if aucs else None
         row["best"] = float(np.mean([eval_points(t)[1].max() for t in group])) if group else None
@@ -266,12 +269,8 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
         row["guide"] = group[0]["guide"] if group and group[0]["model_based"] else "model-free"
         row["temperature"] = group[0]["temperature"] if group and group[0]["model_based"] else None
         rows.append(row)
-    finals = {t["method"]: [] for t in trials}
-    for trial in trials:
-        if trial.get("final"):
-            finals[trial["method"]].append(float(np.mean(trial["final"]["returns"])))
     for row in rows:  # does the method's final return beat model-free PPO's? (seeds as the unit)
-        mine, ppo = finals.get(row["method"], []), finals.get("ppo", [])
+        mine, ppo = finals[row["method"]], finals.get("ppo", [])
         row["final_p_above_ppo"] = (permutation_p(mine, ppo) if row["method"] != "ppo" and len(mine) >= 2
                                     and len(ppo) >= 2 else None)
     return rows
