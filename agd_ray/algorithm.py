@@ -413,8 +413,9 @@ class AGD(PPO):
             self.metrics.log_value(("imagination", "num_shards"), metrics["num_shards"], window=1)
             self.metrics.log_value(("imagination", "mean_episode_len"),
                                    num_transitions / max(len(episodes), 1), window=1)
-            if "advantage_gain" in metrics:
-                self.metrics.log_value(("guidance", "advantage_gain"), metrics["advantage_gain"], window=1)
+            for key in ("advantage_gain", "advantage_gain_sigma"):
+                if key in metrics:
+                    self.metrics.log_value(("guidance", key), metrics[key], window=1)
         return episodes
 
     def _update_policy(self, episodes: list) -> None:

@@ -33,7 +33,7 @@ PRESET_SETTINGS = {
         "world_model": dict(horizon=10, hidden_dim=256, num_layers=2, diffusion_steps=64, sampling_steps=16,
                             batch_size=128, ema_start=500, updates_per_env_step=0.5, pretrain_updates=1000,
                             batches_per_call=16, num_cpus=0),
-        "imagination": dict(batch_size=256, advantage_gain_windows=32, policy_updates_per_iteration=2,
+        "imagination": dict(batch_size=256, advantage_gain_windows=0, policy_updates_per_iteration=2,
                             quality_interval=5, quality_windows=32),
         "replay": dict(capacity=200_000, prefill_steps=1000),
         "training": dict(train_batch_size_per_learner=500, minibatch_size=256, num_epochs=5, lr=3e-4),
@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env", default="HalfCheetah-v5",
                        help="MuJoCo task: HalfCheetah-v5, Hopper-v5, Walker2d-v5, Reacher-v5 or InvertedPendulum-v5")
     train.add_argument("--guide", default="sag",
-                       help="guidance kind: none (PolyGRAD), sag, eag (AGD), reward (Diffuser-style), "
-                            "or model-free (plain PPO on real data, the baseline)")
+                       help="guidance kind: none (PolyGRAD), sag, eag (AGD: by default one of "
+                            "guidance.candidates=4 imagined windows per start state kept in proportion to its "
+                            "advantage weight; guidance.method=gradient for the paper's gradient guide), reward "
+                            "(Diffuser-style), or model-free (plain PPO on real data, the baseline)")
     train.add_argument("--temperature", default="1.0", help="guidance temperature beta (> 0)")
     train.add_argument("--scale", default=None, help="guidance scale c (>= 0; default: the guide's default)")
     train.add_argument("--horizon", type=int, default=None, help="imagined window length H (>= 2; default: preset)")
@@ -343,6 +345,9 @@ ROW_KEYS = {
     "imagination_transitions_per_s": ("imagination", "transitions_per_s"),
     "action_z_std": ("imagination", "action_z_std"),
     "advantage_gain": ("guidance", "advantage_gain"),
+    "advantage_gain_sigma": ("guidance", "advantage_gain_sigma"),
+    "quality_advantage_gain_sigma": ("quality", "advantage_gain_sigma"),
+    "quality_real_advantage_gain_sigma": ("quality", "real_advantage_gain_sigma"),
     "open_loop_mse_guided": ("quality", "open_loop_mse_guided"),
     "open_loop_mse_unguided": ("quality", "open_loop_mse_unguided"),
     "replay_size": ("replay", "size"),
@@ -415,6 +420,30 @@ def plot_learning_curve(rows: list[dict], path: pathlib.Path, title: str) -> Non
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _guide_method_text(resolved: dict) -> str:
+    """' (resample, K=4)' or ' (gradient)' for an advantage guide, as the run's settings make it; '' otherwise."""
+    from agd_ray.world_model.config import GuideConfig
+
+    fields = dict(resolved["guide"])
+    fields.update({k.split(".", 1)[1]: v for k, v in resolved["config"].items() if k.startswith("guidance.")})
+    guide = GuideConfig(**fields)
+    if guide.kind not in ("sag", "eag"):
+        return ""
+    return f" ({guide.method}, K={guide.candidates})" if guide.resampling else f" ({guide.method})"
+
+
+def _gain_text(row: dict) -> str:
+    """The guide's effect for the iteration line, in standard deviations of the unguided windows' advantage:
+    this batch's (resampling) or the quality measurement's, with the simulator's where it was measured."""
+    imagined = row["advantage_gain_sigma"]
+    if imagined is None:
+        imagined = row["quality_advantage_gain_sigma"]
+    if imagined is None:
+        return ""
+    real = row["quality_real_advantage_gain_sigma"]
+    return f"gain {imagined:+.2f}sd{'' if real is None else f' (sim {real:+.2f}sd)'}  "
 
 
 def _read_rows(path: pathlib.Path) -> list[dict]:
@@ -508,7 +537,8 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
               f"env steps {algo._counters['env_steps']}", flush=True)
         rows = _truncate_metrics(output, algo.iteration)
     overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
-    print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']} "
+    print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']}"
+          f"{_guide_method_text(resolved)} "
           f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
     try:
         mode = "a" if resuming else "w"  # a resumed run appends
@@ -531,7 +561,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                     writer.add_scalar(name, value, step)
                 print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}  "
                       f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
-                      f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  adv_gain {_fmt(row['advantage_gain'], '+.3f')}  "
+                      f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  {_gain_text(row)}"
                       f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
                 if step >= args.env_steps:
                     break

@@ -52,7 +52,10 @@ class ImaginationConfig:
     num_gpus_per_worker: float | None = None  # GPUs per imagination worker (K > 1); None: world_model.num_gpus / K
     num_cpus_per_worker: float | None = None  # CPUs per imagination worker (K > 1); None: world_model.num_cpus
     policy_updates_per_iteration: int = 1  # imagine + PPO-update rounds per training iteration
-    advantage_gain_windows: int = 64  # windows of the unguided twin batch for guidance/advantage_gain (0: off)
+    # Windows of an unguided twin batch imagined with every batch to measure a gradient guide's
+    # guidance/advantage_gain (0: off; it adds sampling to every batch, so the quality measurement is the
+    # default place for it). A resampling guide measures its gain on every batch at no extra cost.
+    advantage_gain_windows: int = 0
     quality_interval: int = 0  # world-model quality (open-loop error, action z) every N iterations (0: off)
     quality_windows: int = 32  # real windows from replay per quality measurement
     # "diffusion": the world model imagines. "simulator": the perfect-model control, windows rolled out from the

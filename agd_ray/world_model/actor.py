@@ -118,7 +118,7 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
     started = time.perf_counter()
     policy, critic = make_policy(module), make_critic(module)
     stop_index = start_index + len(start_obs)
-    parts = []
+    parts, gain_sums = [], []
     first = start_index
     while first < stop_index:
         last = min((first // unit_size + 1) * unit_size, stop_index)  # units are aligned to the request
@@ -127,6 +127,10 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
         out = model.imagine(start_obs[rows], policy=policy, critic=critic, guide=guide,
                             generator=torch.Generator().manual_seed(unit_seed(seed, first)), **state)
         part = {k: out[k].detach().cpu().numpy() for k in _WINDOW_FIELDS}
+        if "candidate_advantages" in out:  # resampling measures its own effect on every batch, at no extra cost
+            from agd_ray.world_model.diagnostics import resampling_gain_sums
+
+            gain_sums.append(resampling_gain_sums(out["candidate_advantages"], out["selected"]))  # one per unit
         # per unit too: the same shapes whatever the split, so the same floating-point results
         parts.append({**part, **policy_outputs(module, part["observations"], part["actions"])})
         first = last
@@ -135,15 +139,18 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
     num_transitions = len(start_obs) * (model.config.horizon - 1)
     metrics = {"num_transitions": num_transitions, "imagine_s": elapsed,
                "transitions_per_s": num_transitions / max(elapsed, 1e-9), "delta": model.delta}
-    if advantage_gain_windows > 0 and start_index == 0:  # the request's first windows, whoever holds them
+    if gain_sums:
+        metrics["resampling_gain_sums"] = gain_sums
+    elif advantage_gain_windows > 0 and start_index == 0:  # the request's first windows, whoever holds them
         if guide.enabled and sim_state is None:
             from agd_ray.world_model.diagnostics import advantage_gain
 
             gain = advantage_gain(model, start_obs[:advantage_gain_windows], policy=policy, critic=critic,
                                   guide=guide, seed=seed, gamma=guide.gamma)
             metrics["advantage_gain"] = gain["guidance/advantage_gain"]
+            metrics["advantage_gain_sigma"] = gain["guidance/advantage_gain_sigma"]
         else:
-            metrics["advantage_gain"] = 0.0
+            metrics["advantage_gain"] = metrics["advantage_gain_sigma"] = 0.0
     return {"windows": windows, "start_index": int(start_index), "finished_at": time.time(),
             "normalizer_version": model.normalizer.version, "metrics": metrics}
 
@@ -277,45 +284,35 @@ class WorldModelWorker:
         return out
 
     def quality(self, *, windows, env_id: str, seed: int, normalize_actions: bool = True) -> dict:
-        """World-model quality on real windows from replay (ALGORITHM.md 7), with the current EMA model, policy
-        and critic: windows imagined from the windows' start states with this worker's guide ("guided") and
-        without state guidance ("unguided"; PolyGRAD action guidance in both), each replayed open loop in the
-        simulator from the true start state (`diagnostics.open_loop_error`), and the action z statistics.
+        """World-model quality and the guide's effect on real windows from replay (ALGORITHM.md 7), with the
+        current EMA model, policy and critic: windows imagined from the windows' start states with this worker's
+        guide ("guided") and without state guidance ("unguided"; PolyGRAD action guidance in both; a resampling
+        guide's unguided windows are its own K candidates per start), each replayed open loop in the simulator
+        from the true start state.
 
         windows: `ReplayBuffer.sample_windows` output (observations [B, H, D_s], qpos, qvel; or an ObjectRef).
         The module acts in [-1, 1] when `normalize_actions` (RLlib's default): actions are mapped onto the env's
-        bounds before they are replayed. Returns flat metrics `quality/<name>` (scalars): open-loop MSE per step
-        `open_loop_mse_<guided|unguided>_by_step/h<h>` (h >= 1), its mean over steps, and `action_z_mean_*`/`action_z_std_*`.
+        bounds before they are replayed. Returns flat metrics (scalars): `quality/open_loop_mse_<guided|unguided>`
+        (per step `..._by_step/h<h>`, `diagnostics.open_loop_error`), `quality/action_z_mean_*`/`action_z_std_*`,
+        and, for an enabled guide, its effect (`diagnostics.gain_in_sigma`): `quality/advantage_gain_sigma` of the
+        imagined windows, `quality/real_advantage_gain_sigma` of what the simulator does with the same actions (a
+        gain that does not show there is value the model hallucinated), and both in the critic's units.
         """
         from ray.rllib.utils.spaces.space_utils import unsquash_action
 
         from agd_ray.imagination import make_critic, make_policy
-        from agd_ray.world_model.config import GuideConfig
-        from agd_ray.world_model.diagnostics import action_z_stats, open_loop_error
+        from agd_ray.world_model.diagnostics import guidance_effect
 
         windows = _resolve(windows)
-        start = _start_observations(windows["observations"][:, 0])
         if self._quality_env[0] != env_id:
             import gymnasium as gym
 
             self._quality_env = (env_id, gym.make(env_id))
         env = self._quality_env[1]
-        policy, critic = make_policy(self.module), make_critic(self.module)
-        metrics = {}
-        for name, guide in (("guided", self.guide), ("unguided", GuideConfig(kind="none"))):
-            generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
-            out = self.model.imagine(start, policy=policy, critic=critic, guide=guide, generator=generator)
-            actions = out["actions"].detach().cpu().numpy().astype(np.float64)  # [B, H, D_a]
-            if normalize_actions:
-                actions = unsquash_action(actions, env.action_space)
-            error = open_loop_error(env, windows["qpos"], windows["qvel"], actions, out["observations"])  # [H]
-            for h in range(1, len(error)):
-                metrics[f"quality/open_loop_mse_{name}_by_step/h{h}"] = float(error[h])
-            metrics[f"quality/open_loop_mse_{name}"] = float(np.nanmean(error[1:]))
-            z = action_z_stats(out, policy)
-            metrics[f"quality/action_z_mean_{name}"] = z["action_z_mean"]
-            metrics[f"quality/action_z_std_{name}"] = z["action_z_std"]
-        return metrics
+        to_env = (lambda a: unsquash_action(a, env.action_space)) if normalize_actions else None
+        effect = guidance_effect(self.model, env, windows, policy=make_policy(self.module),
+                                 critic=make_critic(self.module), guide=self.guide, seed=seed, to_env_actions=to_env)
+        return effect["metrics"]
 
     def adapt_delta(self, *, action_z_std: float) -> float:
         """Adaptive delta (ALGORITHM.md 3.2), once per merged imagined batch, with z_std measured by the caller
@@ -469,7 +466,13 @@ class ImaginationPool:
         metrics = {"num_transitions": num_transitions, "imagine_s": imagine_s,
                    "transitions_per_s": num_transitions / max(imagine_s, 1e-9),
                    "delta": results[0]["metrics"]["delta"], "num_shards": len(results)}
-        if "advantage_gain" in results[0]["metrics"]:
-            metrics["advantage_gain"] = results[0]["metrics"]["advantage_gain"]
+        if "resampling_gain_sums" in results[0]["metrics"]:  # every unit's sums in request order: any split
+            from agd_ray.world_model.diagnostics import gain_from_sums  # of the request adds them up the same way
+
+            units = [unit for r in results for unit in r["metrics"]["resampling_gain_sums"]]
+            metrics.update(gain_from_sums({k: sum(unit[k] for unit in units) for k in units[0]}))
+        for key in ("advantage_gain", "advantage_gain_sigma"):  # the twin-batch measurement: the first shard's
+            if key in results[0]["metrics"]:
+                metrics[key] = results[0]["metrics"][key]
         return {"windows": windows, "weights_seq_no": results[0]["weights_seq_no"],
                 "normalizer_version": results[0]["normalizer_version"], "metrics": metrics}

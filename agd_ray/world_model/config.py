@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 GUIDE_KINDS = ("none", "sag", "eag", "reward")
+GUIDE_METHODS = ("resample", "gradient")
+MAX_CANDIDATES = 256
 ADVANTAGE_MODES = ("td1", "gae")
 SCALE_MODES = ("classifier", "reference")
 GRAD_WRT = ("x0", "xt")
@@ -55,6 +57,9 @@ class WorldModelConfig(_Config):
     num_layers: int = 6  # residual blocks (paper: 6)
     diffusion_steps: int = 128  # N, steps of the forward process
     sampling_steps: int | None = None  # K <= N reverse steps (strided when K < N); None: K = N
+    # DDIM's eta, in [0, 1]: 1 is the DDPM posterior between kept steps (the strided sampler, bit-identical),
+    # 0 is deterministic DDIM (schedule.ddim_coefficients). With the "score" rule it scales the actions' noise too.
+    sampler_eta: float = 1.0
     tau: float = 1.0  # exponent of the cosine schedule (reference on Hopper: 0.1)
     fourier_features: int = 16  # random Fourier features of the timestep embedding
     lr: float = 3e-4  # Adam learning rate
@@ -96,6 +101,8 @@ class WorldModelConfig(_Config):
             isinstance(self.sampling_steps, int) and 1 <= self.sampling_steps <= self.diffusion_steps,
             f"an integer in [1, diffusion_steps={self.diffusion_steps}]",
         )
+        check_field("sampler_eta", self.sampler_eta, math.isfinite(self.sampler_eta) and 0 <= self.sampler_eta <= 1,
+                    "finite and in [0, 1]")
         check_field("tau", self.tau, self.tau > 0, "> 0")
         check_field("lr", self.lr, self.lr > 0, "> 0")
         check_field("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)")
@@ -117,15 +124,19 @@ class WorldModelConfig(_Config):
 
 @dataclass(frozen=True)
 class GuideConfig(_Config):
-    """How imagined windows are guided (ALGORITHM.md section 3, steps 3-4).
+    """How imagined windows are guided (ALGORITHM.md section 3, steps 3-4, and section 6).
 
-    kind: none (PolyGRAD: policy guidance on actions only), sag / eag (advantage guidance on states),
-    reward (Diffuser-style return guidance, the baseline). `GuideConfig.reference(...)` reproduces the
-    published reference code's settings.
+    kind: none (PolyGRAD: policy guidance on actions only), sag / eag (advantage guidance), reward (Diffuser-style
+    return guidance, the baseline). For sag / eag, `method` says how the weight w(A / beta) acts: "resample"
+    (default) imagines `candidates` unguided windows per start state and keeps one drawn in proportion to its
+    weight (exact reweighting, dynamics untouched); "gradient" moves the states along grad log w in the reverse
+    process (the AGD paper's guide). `GuideConfig.reference(...)` reproduces the published reference code.
     """
 
     kind: str = "none"  # none|sag|eag|reward
     temperature: float = 1.0  # beta > 0; math.inf switches the advantage guide off exactly
+    method: str = "resample"  # sag/eag: resample (K candidates, one kept by weight; ours) or gradient (the paper's)
+    candidates: int = 4  # K, unguided candidate windows per start state (method resample); 1 is PolyGRAD exactly
     scale: float = 0.1  # c >= 0; 0 switches the guide off exactly (x0 classifier steps diverge past ~0.3, RESULTS.md)
     scale_mode: str = "classifier"  # classifier: mu += c*var*g (ours); reference: x0 += c*var**2*g
     advantage: str = "gae"  # td1 (reference) or gae (ours)
@@ -140,8 +151,13 @@ class GuideConfig(_Config):
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, GUIDE_KINDS)
-        check_field("temperature", self.temperature, self.temperature > 0 and not math.isnan(self.temperature), "> 0")
+        check_field("temperature", self.temperature,
+                    isinstance(self.temperature, (int, float)) and self.temperature > 0, "> 0 (inf: no guidance)")
         check_field("scale", self.scale, self.scale >= 0 and math.isfinite(self.scale), "finite and >= 0")
+        check_choice("method", self.method, GUIDE_METHODS)
+        check_field("candidates", self.candidates,
+                    isinstance(self.candidates, int) and not isinstance(self.candidates, bool)
+                    and 1 <= self.candidates <= MAX_CANDIDATES, f"an integer in [1, {MAX_CANDIDATES}]")
         check_choice("scale_mode", self.scale_mode, SCALE_MODES)
         check_choice("advantage", self.advantage, ADVANTAGE_MODES)
         check_choice("grad_wrt", self.grad_wrt, GRAD_WRT)
@@ -149,6 +165,11 @@ class GuideConfig(_Config):
         check_field("lam", self.lam, 0 <= self.lam <= 1, "in [0, 1]")
         check_field("reward_guide_steps", self.reward_guide_steps, self.reward_guide_steps >= 1, ">= 1")
         check_field("reward_t_stop", self.reward_t_stop, self.reward_t_stop >= 0, ">= 0")
+
+    @property
+    def resampling(self) -> bool:
+        """True when this guide acts by advantage-weighted resampling (sag / eag with method "resample")."""
+        return self.kind in ("sag", "eag") and self.method == "resample"
 
     @property
     def enabled(self) -> bool:
@@ -163,6 +184,7 @@ class GuideConfig(_Config):
         return cls(
             kind=kind,
             temperature=temperature,
+            method="gradient",
             advantage="td1",
             guide_rewards=False,
             guide_last_state=False,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from agd_ray.world_model.config import GuideConfig
-from agd_ray.world_model.guidance import Critic, Policy, n_step_advantage
+from agd_ray.world_model.guidance import Critic, Policy, n_step_advantage, window_advantages
 
 
 @torch.no_grad()
@@ -35,31 +35,76 @@ def z_statistics(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
     return {"action_z_mean": z.mean().item(), "action_z_std": z.std(dim=0).mean().item()}
 
 
+def gain_in_sigma(guided, unguided) -> dict:
+    """The guide's effect in units of the unguided spread (ALGORITHM.md 7): mean advantage of guided windows
+    minus that of unguided ones, and that difference over the unguided windows' standard deviation.
+    guided: [B], unguided: [M] advantages (M may differ from B, e.g. K candidates per start)."""
+    guided = np.asarray(torch.as_tensor(guided).detach().cpu(), np.float64).ravel()
+    unguided = np.asarray(torch.as_tensor(unguided).detach().cpu(), np.float64).ravel()
+    gain = float(guided.mean() - unguided.mean())
+    spread = float(unguided.std(ddof=1)) if unguided.size > 1 else float("nan")
+    return {"advantage_guided": float(guided.mean()), "advantage_unguided": float(unguided.mean()),
+            "advantage_gain": gain, "advantage_gain_sigma": gain / spread if spread > 0 else float("nan")}
+
+
 @torch.no_grad()
 def advantage_gain(wm, start_obs, *, policy: Policy, critic: Critic, guide: GuideConfig, seed: int,
                    gamma: float = 0.99) -> dict:
     """Guidance effect (ALGORITHM.md 7 and 3.3): mean n-step advantage of windows imagined with `guide`
-    minus that of unguided windows (GuideConfig(kind="none")), from the same start states and noise.
+    minus that of unguided windows (GuideConfig(kind="none")) from the same start states and noise, in the
+    critic's units and in units of the unguided windows' standard deviation (`gain_in_sigma`).
 
-    The n-step advantage is `n_step_advantage` (sum_{h<H-1} gamma^h r[h] + gamma^(H-1) V(s[H-1]) - V(s[0]),
-    cut at a predicted termination, continues = 1 - terminals), with the critic on unnormalised states.
-    start_obs: [B, D_s]. Returns guidance/advantage_guided, guidance/advantage_unguided, guidance/advantage_gain.
+    The n-step advantage is `guidance.window_advantages` (sum_{h<H-1} gamma^h r[h] + gamma^(H-1) V(s[H-1]) -
+    V(s[0]), cut at a predicted termination), with the critic on unnormalised states. A resampling guide is
+    compared with its own unguided candidates (K per start state, the same reverse processes).
+    start_obs: [B, D_s]. Returns guidance/advantage_guided, _unguided, _gain and _gain_sigma.
     """
 
-    def mean_advantage(config: GuideConfig) -> float:
+    def imagine(config: GuideConfig) -> dict:
         generator = torch.Generator(device=wm.device).manual_seed(seed)
-        out = wm.imagine(start_obs, policy=policy, critic=critic, guide=config, generator=generator)
-        values = critic(out["observations"])  # [B, H]
-        continues = 1.0 - out["terminals"].to(values.dtype)  # [B, H]
-        return n_step_advantage(out["rewards"], values, continues, gamma).mean().item()  # mean over [B]
+        return wm.imagine(start_obs, policy=policy, critic=critic, guide=config, generator=generator)
 
-    guided = mean_advantage(guide)
-    unguided = mean_advantage(GuideConfig(kind="none"))
-    return {
-        "guidance/advantage_guided": guided,
-        "guidance/advantage_unguided": unguided,
-        "guidance/advantage_gain": guided - unguided,
-    }
+    guided = imagine(guide)
+    unguided = guided.get("candidates") or imagine(GuideConfig(kind="none"))
+    gain = gain_in_sigma(window_advantages(guided, critic, gamma), window_advantages(unguided, critic, gamma))
+    return {f"guidance/{k}": v for k, v in gain.items()}
+
+
+def resampling_gain_sums(candidate_advantages: torch.Tensor, selected: torch.Tensor) -> dict:
+    """What a batch of resampled windows adds to the running guidance-effect sums (`gain_from_sums`):
+    candidate_advantages [B, K] of the unguided candidates, selected [B] the kept ones. Sums, so that the shards of
+    a request split across workers combine exactly."""
+    adv = candidate_advantages.detach().double().cpu()
+    kept = adv[torch.arange(adv.shape[0]), selected.cpu()]  # [B]
+    return {"kept_n": float(adv.shape[0]), "kept_sum": float(kept.sum()), "candidates_n": float(adv.numel()),
+            "candidates_sum": float(adv.sum()), "candidates_sq_sum": float((adv**2).sum())}
+
+
+def gain_from_sums(sums: dict) -> dict:
+    """advantage_gain and advantage_gain_sigma (as `gain_in_sigma`) from `resampling_gain_sums` added up: the
+    kept windows' mean advantage against all candidates' (the unguided windows from the same start states)."""
+    n, m = sums["kept_n"], sums["candidates_n"]
+    mean_all = sums["candidates_sum"] / m
+    var = (sums["candidates_sq_sum"] - m * mean_all**2) / max(m - 1.0, 1.0)
+    gain = sums["kept_sum"] / n - mean_all
+    return {"advantage_gain": gain, "advantage_gain_sigma": gain / var**0.5 if var > 0 else float("nan")}
+
+
+def real_window_advantages(env, qpos, qvel, actions, start_obs, critic: Critic, gamma: float,
+                           device="cpu") -> dict:
+    """The n-step advantage of what the simulator does with imagined actions (ALGORITHM.md 7, real guidance effect).
+
+    Each window's actions [B, H, D_a] (env action space) are replayed from its true start state (qpos [B, n_q],
+    qvel [B, n_v]) by `simulate_actions`; the real states s[0] = start_obs[b], s[h+1] = the observation after step
+    h, the real rewards and terminations give `n_step_advantage` with the same critic. Returns advantages [B]
+    (torch, float64) and the real states [B, H, D_s] (numpy)."""
+    sim = simulate_actions(env, qpos, qvel, np.asarray(actions, np.float64)[:, None])
+    start = np.asarray(torch.as_tensor(start_obs).cpu(), np.float64)[:, None]  # [B, 1, D_s]
+    states = np.concatenate([start, sim["next_observations"][:, 0, :-1]], axis=1)  # [B, H, D_s]
+    values = critic(torch.as_tensor(states, dtype=torch.float32, device=device)).double().cpu()  # [B, H]
+    rewards = torch.as_tensor(sim["rewards"][:, 0])
+    continues = 1.0 - torch.as_tensor(sim["terminals"][:, 0])
+    return {"advantages": n_step_advantage(rewards, values, continues, gamma), "states": states}
 
 
 def _make_env(env):
@@ -186,6 +231,58 @@ def within_start_correlation(imagined, simulated) -> float:
     a, b = _within(imagined).ravel(), _within(simulated).ravel()
     norm = np.sqrt((a @ a) * (b @ b))
     return float(a @ b / norm) if norm > 0 else float("nan")
+
+
+def guidance_effect(wm, env, windows: dict, *, policy: Policy, critic: Critic, guide: GuideConfig, seed: int,
+                    to_env_actions=None) -> dict:
+    """World-model quality and the guide's effect, imagined and real, on real windows (ALGORITHM.md 7).
+
+    From the windows' start states (observations [B, H, D_s], qpos [B, n_q], qvel [B, n_v]): windows imagined
+    with `guide` ("guided") and without state guidance ("unguided", the same seed; a resampling guide's unguided
+    windows are its own K candidates per start state). Each is replayed open loop in the simulator from its true
+    start state: the open-loop MSE by step (`open_loop_error`), the action z statistics, and the n-step advantage
+    of the imagined windows (`guidance.window_advantages`) and of what the simulator does with the same actions
+    (`real_window_advantages`), the same critic on both. to_env_actions: maps the model's actions onto the env's
+    action space (e.g. RLlib's unsquash), or None when they already are.
+
+    Returns {"metrics": flat scalars `quality/open_loop_mse_<guided|unguided>` (and `..._by_step/h<h>`),
+    `quality/action_z_mean_*`, `quality/action_z_std_*` and, for an enabled guide, `quality/advantage_gain_sigma`,
+    `quality/real_advantage_gain_sigma` and their parts (`gain_in_sigma`); "imagined": the two imagined dicts;
+    "real_states": the simulator's states [N, H, D_s] for each}.
+    """
+    env = _make_env(env)
+    start = np.array(windows["observations"][:, 0], dtype=np.float32)
+    qpos, qvel = np.asarray(windows["qpos"]), np.asarray(windows["qvel"])
+    guided = wm.imagine(start, policy=policy, critic=critic, guide=guide,
+                        generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
+    if "candidates" in guided:
+        unguided = guided["candidates"]
+    else:
+        unguided = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="none"),
+                              generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
+    metrics, imagined_adv, real_adv, real_states = {}, {}, {}, {}
+    for name, out in (("guided", guided), ("unguided", unguided)):
+        repeats = len(out["observations"]) // len(start)  # K for a resampling guide's candidates, else 1
+        actions = out["actions"].detach().cpu().numpy().astype(np.float64)  # [N, H, D_a]
+        if to_env_actions is not None:
+            actions = to_env_actions(actions)
+        pos, vel = np.repeat(qpos, repeats, axis=0), np.repeat(qvel, repeats, axis=0)
+        error = open_loop_error(env, pos, vel, actions, out["observations"])  # [H]
+        for h in range(1, len(error)):
+            metrics[f"quality/open_loop_mse_{name}_by_step/h{h}"] = float(error[h])
+        metrics[f"quality/open_loop_mse_{name}"] = float(np.nanmean(error[1:]))
+        z = action_z_stats(out, policy)
+        metrics[f"quality/action_z_mean_{name}"] = z["action_z_mean"]
+        metrics[f"quality/action_z_std_{name}"] = z["action_z_std"]
+        imagined_adv[name] = window_advantages(out, critic, guide.gamma)
+        real = real_window_advantages(env, pos, vel, actions, out["observations"][:, 0].cpu(), critic, guide.gamma,
+                                      device=wm.device)
+        real_adv[name], real_states[name] = real["advantages"], real["states"]
+    if guide.enabled:
+        for prefix, values in (("", imagined_adv), ("real_", real_adv)):
+            for key, value in gain_in_sigma(values["guided"], values["unguided"]).items():
+                metrics[f"quality/{prefix}{key}"] = value
+    return {"metrics": metrics, "imagined": {"guided": guided, "unguided": unguided}, "real_states": real_states}
 
 
 def collect_windows(env_id: str, num_windows: int, horizon: int, seed: int, *, policy=None,

@@ -86,6 +86,40 @@ def eag_log_weight(advantages, temperature: float):
     return advantages / temperature
 
 
+def window_advantages(out: dict, critic: Critic, gamma: float) -> torch.Tensor:
+    """The n-step advantage (`n_step_advantage`) of each imagined window of `out` (`WorldModel.imagine`'s
+    unnormalised dict: observations [B, H, D_s], rewards [B, H], terminals [B, H]), critic on its states: [B]."""
+    values = critic(out["observations"])  # [B, H]
+    continues = 1.0 - out["terminals"].to(values.dtype)  # [B, H]
+    return n_step_advantage(out["rewards"].to(values.dtype), values, continues, gamma)
+
+
+def within_start_spread(advantages: torch.Tensor) -> torch.Tensor:
+    """Pooled standard deviation of the advantages [S, K] of K windows from each of S start states around their
+    start's mean: the spread that a choice among a start's windows can act on (a scalar, > 0)."""
+    centred = advantages - advantages.mean(dim=1, keepdim=True)
+    dof = max(advantages.numel() - advantages.shape[0], 1)
+    return ((centred**2).sum() / dof).sqrt().clamp_min(1e-8)
+
+
+def resample_log_weights(advantages: torch.Tensor, config: GuideConfig) -> torch.Tensor:
+    """log w(A / beta) of K candidate windows per start state, advantages: [S, K] -> [S, K] (ALGORITHM.md 6).
+
+    With `normalize_advantage` A is first divided by its within-start spread (`within_start_spread`, detached),
+    so that beta = 1 means one standard deviation of what the choice among candidates can gain, on every task.
+    """
+    if config.normalize_advantage:
+        advantages = advantages / within_start_spread(advantages.detach())
+    return LOG_WEIGHTS[config.kind](advantages, config.temperature)
+
+
+def resample_indices(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Self-normalised importance resampling: for each row of log_weights [S, K], one index drawn with
+    probability w[k] / sum_j w[j]: [S] (long). As K grows the kept windows follow p(tau) w(tau) / Z."""
+    probs = torch.softmax(log_weights.double(), dim=1)  # [S, K]; softmax of log w is w / sum w, overflow-free
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
 ADVANTAGES = {
     "td1": lambda r, v, c, cfg: td1_advantage(r, v, c, cfg.gamma),
     "gae": lambda r, v, c, cfg: gae_advantage(r, v, c, cfg.gamma, cfg.lam),
@@ -184,7 +218,7 @@ class AdvantageGuide:
 
     def shift(self, inputs: GuideInputs) -> GuideShift:
         g = self.gradient(inputs)
-        var = inputs.step.var
+        var = inputs.step.guide_var  # beta_tilde whatever the sampler's eta (schedule.ReverseStep)
         if self.config.scale_mode == "reference":
             return GuideShift(x0=self.config.scale * var**2 * g)
         return GuideShift(mean=self.config.scale * var * g)
@@ -211,15 +245,17 @@ class RewardGuide:
                 leaf = x.detach().requires_grad_(True)
                 ret = self.return_model(leaf, inputs.scaled_actions, inputs.timesteps).sum()
                 (g,) = torch.autograd.grad(ret, leaf)
-            x = x + cfg.scale * inputs.step.var * g * mask
+            x = x + cfg.scale * inputs.step.guide_var * g * mask
         return GuideShift(mean=x - inputs.x_t.detach())
 
 
 def build_guide(config: GuideConfig, obs_dim: int, return_model: torch.nn.Module | None = None,
                 terminal_rule: TerminalRule | None = None):
     """The guide object for a GuideConfig; a config that cannot have an effect gives `NoGuide`. `terminal_rule`:
-    the advantage guides cut at the task's terminations instead of the diffused terminal channel."""
-    if not config.enabled:
+    the advantage guides cut at the task's terminations instead of the diffused terminal channel. Resampling
+    (`GuideConfig.resampling`) acts on whole windows after the reverse process (`WorldModel.imagine`), so its
+    reverse process is unguided: `NoGuide`."""
+    if not config.enabled or config.resampling:
         return NoGuide()
     if config.kind == "reward":
         if return_model is None:

@@ -17,7 +17,14 @@ from agd_ray.envs.termination import TerminalRule, window_terminals
 from agd_ray.world_model.config import GuideConfig, WorldModelConfig
 from agd_ray.world_model.denoiser import ResidualMLPDenoiser, ReturnModel
 from agd_ray.world_model.diagnostics import action_z_stats
-from agd_ray.world_model.guidance import Critic, Policy, build_guide
+from agd_ray.world_model.guidance import (
+    Critic,
+    Policy,
+    build_guide,
+    resample_indices,
+    resample_log_weights,
+    window_advantages,
+)
 from agd_ray.world_model.normalizer import FIELDS, NormalizerSnapshot
 from agd_ray.world_model.sampler import SamplerSettings, denoiser_actions, inpaint_start, q_sample, sample_windows
 from agd_ray.world_model.schedule import DiffusionSchedule
@@ -54,7 +61,7 @@ class WorldModel:
         self.schedule = DiffusionSchedule(config.diffusion_steps, config.tau)
         self._sqrt_alpha_bar = torch.as_tensor(np.sqrt(self.schedule.alpha_bar), dtype=torch.float32,
                                                device=self.device)  # [N+1]
-        self._reverse_steps = self.schedule.reverse_steps(config.sampling_steps)
+        self._reverse_steps = self.schedule.reverse_steps(config.sampling_steps, config.sampler_eta)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
             self.denoiser = ResidualMLPDenoiser(obs_dim, act_dim, config.horizon, config.hidden_dim,
@@ -231,10 +238,13 @@ class WorldModel:
 
     def imagine(self, start_obs, *, policy: Policy, critic: Critic | None = None, guide: GuideConfig | None = None,
                 generator: torch.Generator | None = None) -> dict:
-        """Guided imagined windows from real start states (ALGORITHM.md 3); changes no state of the model.
+        """Guided imagined windows from real start states (ALGORITHM.md 3 and 6); changes no state of the model.
 
         start_obs: [B, D_s]. Returns unnormalised torch tensors: observations [B, H, D_s], actions
-        [B, H, D_a], rewards [B, H], terminals [B, H] (bool), plus `normalizer_version`.
+        [B, H, D_a], rewards [B, H], terminals [B, H] (bool), plus `normalizer_version`. A resampling guide
+        (`GuideConfig.resampling`) also returns `candidate_advantages` [B, K], the n-step advantage of every
+        unguided candidate window, `selected` [B], the candidate kept for each start state, and `candidates`, the
+        B * K candidate windows themselves (the same dict, start state b's at rows b*K..b*K+K-1).
         """
         guide = guide or GuideConfig()
         if not isinstance(guide, GuideConfig):
@@ -246,6 +256,25 @@ class WorldModel:
             raise ValueError("start_obs contains NaN or inf")
         if guide.kind in ("sag", "eag") and guide.enabled and critic is None:
             raise ValueError(f"guide kind={guide.kind!r} needs a critic")
+        generator = self._device_generator(generator)
+        if guide.resampling and guide.enabled:
+            return self._imagine_resampled(start, policy, critic, guide, generator)
+        return self._imagine(start, policy, critic, guide, generator)
+
+    @torch.no_grad()
+    def _imagine_resampled(self, start, policy: Policy, critic: Critic, guide: GuideConfig, generator) -> dict:
+        """Advantage-weighted resampling (ALGORITHM.md 6): K unguided candidate windows per start state in one
+        batched reverse process, then one kept per start state with probability proportional to w(A / beta)."""
+        k = guide.candidates
+        out = self._imagine(start.repeat_interleave(k, dim=0), policy, critic, GuideConfig(kind="none"), generator)
+        advantages = window_advantages(out, critic, guide.gamma).reshape(-1, k)  # [B, K]
+        selected = resample_indices(resample_log_weights(advantages, guide), generator)  # [B]
+        rows = torch.arange(len(start), device=selected.device) * k + selected  # [B] into the B*K candidates
+        kept = {key: value[rows] if torch.is_tensor(value) else value for key, value in out.items()}
+        return {**kept, "candidate_advantages": advantages, "selected": selected, "candidates": out}
+
+    def _imagine(self, start, policy: Policy, critic: Critic | None, guide: GuideConfig, generator) -> dict:
+        """The reverse process from checked start states [B, D_s] with the sampler's guide (section 3)."""
         norm = self.normalizer
         settings = SamplerSettings(self.config.clip_state_change, self.config.clip_last_steps,
                                    self.config.action_clamp_sigmas, self.config.action_bound,
@@ -254,7 +283,7 @@ class WorldModel:
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,
             guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule), normalizer=norm,
-            delta=self.delta, settings=settings, generator=self._device_generator(generator), autocast=self._autocast,
+            delta=self.delta, settings=settings, generator=generator, autocast=self._autocast,
         )
         ds = self.obs_dim
         observations = norm.unnormalize("observations", x0[..., :ds])

@@ -214,6 +214,8 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
         a_next = normalizer.normalize("actions", actions)
         noise_a = torch.randn(shape_a, generator=generator, device=device)
         noise_x = torch.randn(shape_x, generator=generator, device=device)
+        # The score rule's action noise is the sampler's posterior noise: none with eta = 0 (deterministic DDIM),
+        # where the actions only step along grad log pi from their initial draw (RESULTS.md, few-step sampling).
         if steps_left > 0 and not reparam:
             a_next = a_next + step.var**0.5 * noise_a
         a_next = prefix.fix_actions(a_next)

@@ -52,6 +52,7 @@ def counters(result: dict) -> dict:
         "policy_updates": int(result["agd"]["policy_updates"]),
         "prefetched": int(result["imagination"]["prefetched"]),
         "quality": {k: float(v) for k, v in result.get("quality", {}).items() if not isinstance(v, dict)},
+        "gain_sigma": float(result["guidance"]["advantage_gain_sigma"]),
     }
 
 
@@ -92,6 +93,10 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
         assert {"open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided",
                 "action_z_std_unguided"} <= set(quality)
         assert quality["open_loop_mse_guided"] >= 0 and quality["open_loop_mse_unguided"] >= 0
+        # the resampling guide's effect on every batch (from its own candidates), and on the quality iteration
+        # imagined and on the simulator
+        assert all(np.isfinite(c["gain_sigma"]) for c in history)
+        assert {"advantage_gain_sigma", "real_advantage_gain_sigma", "real_advantage_gain"} <= set(quality)
         checkpoint = algo.save_to_path(str(tmp_path / "checkpoint"))
         saved = history[-1]
         pending = ray.get(algo._pending_imagination)  # the next update's batch, in flight at save time

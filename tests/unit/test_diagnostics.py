@@ -115,7 +115,7 @@ def _critic(obs):
     return -(obs**2).sum(dim=-1)
 
 
-@pytest.mark.parametrize("guide", [GuideConfig(kind="sag", scale=0.0), GuideConfig(kind="eag", temperature=math.inf)])
+@pytest.mark.parametrize("guide", [GuideConfig(kind="sag", method="gradient", scale=0.0), GuideConfig(kind="eag", method="gradient", temperature=math.inf)])
 def test_advantage_gain_of_a_disabled_guide_is_exactly_zero(guide):
     wm = _tiny_model()
     start = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
@@ -127,7 +127,7 @@ def test_advantage_gain_of_a_disabled_guide_is_exactly_zero(guide):
 def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
     wm = _tiny_model()
     start = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
-    guide = GuideConfig(kind="sag", temperature=0.1, scale=5.0)
+    guide = GuideConfig(kind="sag", method="gradient", temperature=0.1, scale=5.0)
     first = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
     second = advantage_gain(wm, start, policy=_policy, critic=_critic, guide=guide, seed=3)
     assert first == second

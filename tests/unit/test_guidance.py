@@ -170,7 +170,7 @@ def test_guide_gradient_matches_finite_differences(kind, advantage, terminal):
 def test_normalized_advantage_makes_the_temperature_scale_free():
     """Scaling rewards and values by k leaves the normalised-advantage objective's weights unchanged."""
     x0 = _x0(seed=5)
-    cfg = GuideConfig(kind="sag", temperature=0.5)
+    cfg = GuideConfig(kind="sag", method="gradient", temperature=0.5)
     guide = AdvantageGuide(cfg, DS)
     base = guide.advantages(x0, _normalizer(), _critic)
     scaled_critic = lambda s: 10.0 * _critic(s)  # noqa: E731
@@ -182,9 +182,9 @@ def test_normalized_advantage_makes_the_temperature_scale_free():
 
 def test_build_guide_returns_no_guide_when_it_cannot_act():
     assert isinstance(build_guide(GuideConfig(kind="none"), DS), NoGuide)
-    assert isinstance(build_guide(GuideConfig(kind="sag", scale=0.0), DS), NoGuide)
-    assert isinstance(build_guide(GuideConfig(kind="eag", temperature=math.inf), DS), NoGuide)
-    assert isinstance(build_guide(GuideConfig(kind="sag"), DS), AdvantageGuide)
+    assert isinstance(build_guide(GuideConfig(kind="sag", method="gradient", scale=0.0), DS), NoGuide)
+    assert isinstance(build_guide(GuideConfig(kind="eag", method="gradient", temperature=math.inf), DS), NoGuide)
+    assert isinstance(build_guide(GuideConfig(kind="sag", method="gradient"), DS), AdvantageGuide)
     with pytest.raises(ValueError, match="return model"):
         build_guide(GuideConfig(kind="reward"), DS, return_model=None)
 
@@ -219,4 +219,4 @@ def test_bad_world_model_config_names_the_value(kwargs, needle):
 def test_config_from_dict_refuses_unknown_keys():
     with pytest.raises(ValueError, match="temprature"):
         GuideConfig.from_dict({"kind": "sag", "temprature": 1.0})
-    assert GuideConfig.from_dict(GuideConfig(kind="eag").to_dict()) == GuideConfig(kind="eag")
+    assert GuideConfig.from_dict(GuideConfig(kind="eag", method="gradient").to_dict()) == GuideConfig(kind="eag", method="gradient")

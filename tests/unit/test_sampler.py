@@ -8,9 +8,10 @@ import torch
 
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
 from agd_ray.world_model.config import GuideConfig as _GC
-from agd_ray.world_model.guidance import AdvantageGuide, NoGuide
+from agd_ray.world_model.guidance import AdvantageGuide, GuideInputs, NoGuide
 from agd_ray.world_model.sampler import SamplerSettings, sample_windows
-from agd_ray.world_model.schedule import ReverseStep, posterior_coefficients
+from agd_ray.world_model.normalizer import NormalizerSnapshot
+from agd_ray.world_model.schedule import DiffusionSchedule, ReverseStep, posterior_coefficients
 
 DS, DA, H, B = 4, 2, 5, 16
 
@@ -49,7 +50,7 @@ def _imagine(wm, guide, seed=0):
 
 
 def test_shapes_dtypes_and_exact_start_states(model):
-    out = _imagine(model, GuideConfig(kind="sag"))
+    out = _imagine(model, GuideConfig(kind="sag", method="gradient"))
     assert out["observations"].shape == (B, H, DS) and out["observations"].dtype == torch.float32
     assert out["actions"].shape == (B, H, DA) and out["actions"].dtype == torch.float32
     assert out["rewards"].shape == (B, H) and out["terminals"].shape == (B, H)
@@ -61,10 +62,14 @@ def test_shapes_dtypes_and_exact_start_states(model):
 @pytest.mark.parametrize(
     "disabled",
     [
-        GuideConfig(kind="sag", scale=0.0),
-        GuideConfig(kind="eag", temperature=math.inf),
+        GuideConfig(kind="sag", method="gradient", scale=0.0),
+        GuideConfig(kind="eag", method="gradient", temperature=math.inf),
         GuideConfig(kind="reward", scale=0.0),
         GuideConfig.reference("eag").replace(scale=0.0),
+        GuideConfig(kind="sag", method="resample", candidates=1),
+        GuideConfig(kind="eag", method="resample", candidates=1, temperature=0.1),
+        GuideConfig(kind="eag", method="resample", candidates=8, temperature=math.inf),
+        GuideConfig(kind="sag", method="resample", candidates=8, scale=0.0),
     ],
 )
 def test_disabled_guide_is_bit_identical_to_no_guide(model, disabled):
@@ -84,7 +89,7 @@ def test_a_live_guide_object_with_zero_scale_adds_exactly_nothing(model, mode):
     steps = model.schedule.reverse_steps(20)
     x_ref, a_ref = sample_windows(model.ema_denoiser, steps, start, guide=NoGuide(),
                                   generator=torch.Generator().manual_seed(0), **common)
-    live = AdvantageGuide(_GC(kind="sag", scale=0.0, scale_mode=mode), DS)
+    live = AdvantageGuide(_GC(kind="sag", method="gradient", scale=0.0, scale_mode=mode), DS)
     x, a = sample_windows(model.ema_denoiser, steps, start, guide=live, generator=torch.Generator().manual_seed(0),
                           **common)
     assert torch.equal(x, x_ref) and torch.equal(a, a_ref)
@@ -92,17 +97,17 @@ def test_a_live_guide_object_with_zero_scale_adds_exactly_nothing(model, mode):
 
 def test_guide_changes_samples_and_huge_temperature_converges_to_none(model):
     base = _imagine(model, GuideConfig(kind="none"))
-    strong = _imagine(model, GuideConfig(kind="eag", temperature=0.1))
-    weak = _imagine(model, GuideConfig(kind="eag", temperature=1e6))
+    strong = _imagine(model, GuideConfig(kind="eag", method="gradient", temperature=0.1))
+    weak = _imagine(model, GuideConfig(kind="eag", method="gradient", temperature=1e6))
     assert not torch.allclose(strong["observations"], base["observations"])
     torch.testing.assert_close(weak["observations"], base["observations"], rtol=0, atol=1e-4)
 
 
 def test_same_generator_same_output_and_imagine_changes_no_state(model):
     delta, version = model.delta, model.normalizer.version
-    a = _imagine(model, GuideConfig(kind="sag"), seed=7)
-    b = _imagine(model, GuideConfig(kind="sag"), seed=7)
-    c = _imagine(model, GuideConfig(kind="sag"), seed=8)
+    a = _imagine(model, GuideConfig(kind="sag", method="gradient"), seed=7)
+    b = _imagine(model, GuideConfig(kind="sag", method="gradient"), seed=7)
+    c = _imagine(model, GuideConfig(kind="sag", method="gradient"), seed=8)
     assert torch.equal(a["observations"], b["observations"]) and torch.equal(a["actions"], b["actions"])
     assert not torch.equal(a["observations"], c["observations"])
     assert model.delta == delta and model.normalizer.version == version
@@ -119,7 +124,7 @@ def test_strided_with_k_equal_n_equals_the_full_sampler(model):
         strided.append(ReverseStep(st.t, st.s, st.sqrt_alpha_bar_t, float(c1), float(c2), float(var)))
     norm = model.normalizer
     common = dict(act_dim=DA, policy=policy, critic=critic, normalizer=norm, delta=0.01,
-                  settings=SamplerSettings(0.25, 10, 3.0), guide=AdvantageGuide(_GC(kind="sag"), DS))
+                  settings=SamplerSettings(0.25, 10, 3.0), guide=AdvantageGuide(_GC(kind="sag", method="gradient"), DS))
     start = norm.normalize("observations", _start())
     x_full, a_full = sample_windows(model.ema_denoiser, full, start, generator=torch.Generator().manual_seed(0), **common)
     x_str, a_str = sample_windows(model.ema_denoiser, strided, start, generator=torch.Generator().manual_seed(0),
@@ -140,7 +145,7 @@ def test_strided_sampler_runs_k_denoiser_calls(model):
 
 @pytest.mark.parametrize("grad_wrt", ["x0", "xt"])
 def test_all_guide_kinds_and_modes_produce_finite_windows(model, grad_wrt):
-    for guide in (GuideConfig(kind="sag", grad_wrt=grad_wrt), GuideConfig(kind="eag", grad_wrt=grad_wrt),
+    for guide in (GuideConfig(kind="sag", method="gradient", grad_wrt=grad_wrt), GuideConfig(kind="eag", method="gradient", grad_wrt=grad_wrt),
                   GuideConfig(kind="reward"), GuideConfig.reference("sag").replace(grad_wrt=grad_wrt)):
         out = _imagine(model, guide)
         assert all(torch.isfinite(out[k]).all() for k in ("observations", "actions", "rewards")), guide
@@ -152,7 +157,7 @@ def test_bad_imagine_input(model):
     with pytest.raises(ValueError, match="NaN"):
         model.imagine(torch.full((3, DS), float("nan")), policy=policy, critic=critic)
     with pytest.raises(ValueError, match="needs a critic"):
-        model.imagine(torch.zeros(3, DS), policy=policy, guide=GuideConfig(kind="sag"))
+        model.imagine(torch.zeros(3, DS), policy=policy, guide=GuideConfig(kind="sag", method="gradient"))
     with pytest.raises(ValueError, match="GuideConfig"):
         model.imagine(torch.zeros(3, DS), policy=policy, critic=critic, guide="sag")
 
@@ -168,7 +173,7 @@ def test_imagined_actions_stay_within_k_sigma_of_the_policy_at_the_returned_stat
     sharp = lambda s: (torch.tanh(s[..., :DA]), torch.full(s.shape[:-1] + (DA,), 0.01))  # noqa: E731
     wm = WorldModel(DS, DA, model.config, seed=0)
     wm.load_state_dict(model.state_dict() | {"log_delta": math.log(delta)})
-    out = wm.imagine(_start(), policy=sharp, critic=critic, guide=GuideConfig(kind="eag", temperature=0.3),
+    out = wm.imagine(_start(), policy=sharp, critic=critic, guide=GuideConfig(kind="eag", method="gradient", temperature=0.3),
                      generator=torch.Generator().manual_seed(0))
     mean, std = sharp(out["observations"])
     z = (out["actions"] - mean) / std
@@ -224,7 +229,7 @@ def _reparam_model(model, **changes):
     return wm
 
 
-@pytest.mark.parametrize("guide", [GuideConfig(kind="none"), GuideConfig(kind="sag", temperature=0.3)])
+@pytest.mark.parametrize("guide", [GuideConfig(kind="none"), GuideConfig(kind="sag", method="gradient", temperature=0.3)])
 def test_reparam_actions_are_exact_policy_samples_at_the_returned_states(model, guide):
     """policy_guidance="reparam": a = mu(s) + sigma(s) eps at the states returned, with eps ~ N(0, I) drawn once
     per window (so z is standard normal: a statistical check over many pairs), for any delta."""
@@ -297,7 +302,7 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
 
     wm.ema_denoiser.forward = recording
     start = torch.randn(256, DS, generator=torch.Generator().manual_seed(4)) * 2 + 1
-    out = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", temperature=0.3),
+    out = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
                      generator=torch.Generator().manual_seed(0))
     del wm.ema_denoiser.forward
     k = len(wm._reverse_steps)
@@ -316,7 +321,7 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
     z = ((out["actions"] - mean) / std).reshape(-1)
     n = z.numel()
     assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.std().item() - 1) < 4 / math.sqrt(2 * n)
-    again = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", temperature=0.3),
+    again = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(again["observations"], out["observations"]) and torch.equal(again["actions"], out["actions"])
 
@@ -409,3 +414,96 @@ def test_the_denoiser_sees_the_actions_scaled_or_clean_in_training_and_sampling(
     target = wm.normalizer.normalize("actions", torch.full((B, H, DA), 0.3))
     for a, t_step in seen:
         torch.testing.assert_close(a, scale(t_step)[:, None, None] * target, rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- DDIM (eta)
+@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan"), float("inf")])
+def test_sampler_eta_is_checked(eta):
+    with pytest.raises(ValueError, match=r"sampler_eta=.*finite and in \[0, 1\]"):
+        WorldModelConfig(sampler_eta=eta)
+
+
+class _GaussianPosteriorMean(torch.nn.Module):
+    """The exact x0 denoiser for data x0 ~ N(m, s^2) in every entry: E[x0 | x_t] = m + k_t (x_t - sqrt(ab_t) m),
+    k_t = sqrt(ab_t) s^2 / (ab_t s^2 + 1 - ab_t)."""
+
+    horizon = H
+
+    def __init__(self, alpha_bar, m, s):
+        super().__init__()
+        self.alpha_bar, self.m, self.s = torch.as_tensor(alpha_bar, dtype=torch.float32), m, s
+
+    def forward(self, x, scaled_actions, timesteps):
+        ab = self.alpha_bar[timesteps][:, None, None]
+        k = ab.sqrt() * self.s**2 / (ab * self.s**2 + 1 - ab)
+        return self.m + k * (x - ab.sqrt() * self.m)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sampler_output_has_the_closed_form_moments_of_its_steps_on_a_gaussian_toy(eta):
+    """With the exact denoiser of a Gaussian, each reverse step is affine in x_t, so the output's mean and variance
+    follow in closed form (from x_N ~ N(0, 1)); the sampler's samples match them (a statistical check), and
+    deterministic DDIM keeps visibly more of the data's variance than the DDPM posterior at K = 8 of N = 128."""
+    m, s = 0.7, 0.3
+    sched = DiffusionSchedule(128)
+    steps = sched.reverse_steps(8, eta=eta)
+    mean, var = 0.0, 1.0
+    for st in steps:
+        sab = st.sqrt_alpha_bar_t
+        k = sab * s**2 / (sab**2 * s**2 + 1 - sab**2)
+        slope = st.c1 * k + st.c2
+        mean, var = slope * mean + st.c1 * m * (1 - k * sab), slope**2 * var + st.var
+    assert var / s**2 == pytest.approx(0.536 if eta == 0.0 else 0.424, abs=1e-3)  # RESULTS.md / test_schedule
+    norm = NormalizerSnapshot.identity(DS, DA)
+    x, _ = sample_windows(_GaussianPosteriorMean(sched.alpha_bar, m, s), steps, torch.zeros(4000, DS), act_dim=DA,
+                          policy=policy, critic=None, guide=NoGuide(), normalizer=norm, delta=0.01,
+                          settings=SamplerSettings(0.25, 0, 3.0), generator=torch.Generator().manual_seed(0))
+    samples = x[:, 1:].reshape(-1).double()  # every entry but the inpainted row is an independent draw
+    n = samples.numel()
+    assert abs(samples.mean().item() - mean) < 4 * var**0.5 / n**0.5
+    assert abs(samples.var().item() / var - 1) < 4 * (2 / n) ** 0.5
+
+
+def test_gradient_guides_take_the_same_step_whatever_eta():
+    """The classifier step c beta_tilde g uses the DDPM posterior variance (guide_var), so with eta = 0, where the
+    sampler's variance is 0, the guide still acts, and by the same shift as with eta = 1."""
+    sched = DiffusionSchedule(20)
+    x0 = torch.randn(8, H, DS + 2, generator=torch.Generator().manual_seed(5))
+    norm = NormalizerSnapshot.identity(DS, DA)
+    guide = AdvantageGuide(_GC(kind="sag", temperature=0.5), DS)
+    shifts = []
+    for eta in (1.0, 0.0):
+        step = sched.reverse_steps(20, eta=eta)[3]
+        inputs = GuideInputs(step=step, steps_left=16, x_t=x0.clone(), x0_hat=x0, scaled_actions=torch.zeros(8, H, DA),
+                             timesteps=torch.full((8,), step.t), normalizer=norm, critic=critic)
+        shifts.append(guide.shift(inputs).mean)
+    assert shifts[1].abs().max() > 0 and torch.equal(shifts[0], shifts[1])
+
+
+@pytest.mark.parametrize("policy_guidance", ["score", "reparam", "causal"])
+def test_ddim_windows_with_every_action_rule_and_a_guide(model, policy_guidance):
+    """eta = 0 with each action rule and the advantage guide: finite windows, exact start states, repeatable with
+    the same generator, different from eta = 1, and the guide still moves them; sampler_eta=1 is the default."""
+    wms = {}
+    for eta in (0.0, 1.0):
+        cfg = model.config.replace(sampler_eta=eta, policy_guidance=policy_guidance)
+        wms[eta] = WorldModel(DS, DA, cfg, seed=0)
+        wms[eta].load_state_dict(model.state_dict() | {"config": cfg.to_dict()})
+    assert all(st.var == 0.0 for st in wms[0.0]._reverse_steps)
+    assert wms[1.0]._reverse_steps == model._reverse_steps
+    norm = model.normalizer
+    start = norm.normalize("observations", _start())
+    settings = SamplerSettings(0.25, 10, 3.0, policy_guidance=policy_guidance)
+    common = dict(act_dim=DA, policy=policy, critic=critic, normalizer=norm, delta=0.01, settings=settings)
+
+    def run(eta, guide, seed=0):
+        return sample_windows(model.ema_denoiser, wms[eta]._reverse_steps, start, guide=guide,
+                              generator=torch.Generator().manual_seed(seed), **common)
+
+    sag = AdvantageGuide(_GC(kind="sag", temperature=0.3), DS)
+    x, a = run(0.0, sag)
+    assert torch.isfinite(x).all() and torch.isfinite(a).all() and torch.equal(x[:, 0, :DS], start)
+    again, _ = run(0.0, sag)
+    assert torch.equal(x, again)
+    assert not torch.allclose(x, run(1.0, sag)[0])
+    assert not torch.allclose(x, run(0.0, NoGuide())[0])

@@ -102,7 +102,7 @@ def test_advantage_guide_cuts_at_the_rules_terminations():
     x0[0, 2, 1] = 0.4  # ... but s[2] of window 0: transition 1 terminates
     x0[..., ds + 1] = 0.0  # the channel says: never
     critic = lambda s: s.sum(-1)  # noqa: E731
-    config = GuideConfig(kind="sag", advantage="gae", normalize_advantage=False)
+    config = GuideConfig(kind="sag", method="gradient", advantage="gae", normalize_advantage=False)
     got = AdvantageGuide(config, ds, rule).advantages(x0, norm, critic)
     continues = 1.0 - window_terminals(rule, x0[..., :ds]).float()
     expected = gae_advantage(x0[..., ds], critic(x0[..., :ds]), continues, config.gamma, config.lam)
