@@ -53,9 +53,12 @@ METHODS = {
     "ppo": {"model_free": True},
     "polygrad": {"guidance.kind": "none"},
     "reward": {"guidance.kind": "reward"},
-    "sag": {"guidance.kind": "sag", "guidance.temperature": 1.0},
+    "sag": {"guidance.kind": "sag", "guidance.temperature": 1.0},  # advantage-weighted resampling (the default)
     "eag": {"guidance.kind": "eag", "guidance.temperature": 1.0},
     "sag-reference": REFERENCE_SAG,
+    # the gradient guides at their defaults (the default method before resampling: RESULTS' earlier "sag" rows)
+    "sag-gradient": {"guidance.kind": "sag", "guidance.temperature": 1.0, "guidance.method": "gradient"},
+    "eag-gradient": {"guidance.kind": "eag", "guidance.temperature": 1.0, "guidance.method": "gradient"},
     # ours: the causal sampler (world_model.policy_guidance="causal") without and with advantage guidance
     "polygrad-causal": {"guidance.kind": "none", "world_model.policy_guidance": "causal"},
     "sag-causal": {"guidance.kind": "sag", "guidance.temperature": 1.0, "world_model.policy_guidance": "causal"},
@@ -70,12 +73,15 @@ METHODS = {
 }
 DEFAULT_METHODS = ("ppo", "polygrad", "reward", "sag", "eag", "sag-reference")  # the issue's six
 CURVE_COLUMNS = ("experiment", "method", "seed", "iteration", "env_steps", "eval_return", "train_return",
-                 "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "action_z_std",
+                 "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "advantage_gain_sigma",
+                 "quality_gain_sigma", "real_gain_sigma", "action_z_std",
                  "open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided", "action_z_std_guided")
 # curve columns `agd_ray.cli.result_row` already reads (its name, when it differs)
 FROM_ROW = {"iteration": "iteration", "env_steps": "env_steps", "eval_return": "eval_return_mean",
             "train_return": "episode_return_mean", "imagined_transitions": "imagined_transitions",
             "world_model_loss": "world_model_loss", "advantage_gain": "advantage_gain",
+            "advantage_gain_sigma": "advantage_gain_sigma", "quality_gain_sigma": "quality_advantage_gain_sigma",
+            "real_gain_sigma": "quality_real_advantage_gain_sigma",
             "action_z_std": "action_z_std", "open_loop_mse_guided": "open_loop_mse_guided",
             "open_loop_mse_unguided": "open_loop_mse_unguided"}
 # and the others: result path (nested keys)
@@ -96,9 +102,10 @@ def method_settings(name: str) -> dict:
             value = float(temperature)
         except ValueError:
             value = float("nan")
-        if kind not in ("sag", "eag", "reward", "sag-reference") or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"method {name!r} is not allowed; KIND@T takes KIND in sag, eag, reward, "
-                             f"sag-reference and a temperature T > 0, e.g. sag@0.3")
+        kinds = ("sag", "eag", "reward", "sag-reference", "sag-gradient", "eag-gradient")
+        if kind not in kinds or not value > 0 or not math.isfinite(value):
+            raise ValueError(f"method {name!r} is not allowed; KIND@T takes KIND in {', '.join(kinds)} and a "
+                             f"temperature T > 0, e.g. sag@0.3")
         return {**METHODS[kind], "guidance.temperature": value}
     if name not in METHODS:
         raise ValueError(f"method {name!r} is not allowed; choose from {', '.join(METHODS)} or KIND@T (e.g. sag@0.3)")
@@ -264,8 +271,10 @@ def summarize(trials: list[dict], *, env_steps: int, eval_every: int, fixed_step
             values = [_last(t, name) for t in group]
             values = [v for v in values if v is not None]
             row[name] = float(np.mean(values)) if values else None
-        gains = [r["advantage_gain"] for t in group for r in t["rows"] if r["advantage_gain"] is not None]
-        row["advantage_gain"] = float(np.mean(gains)) if gains else None
+        for name in ("advantage_gain", "advantage_gain_sigma", "quality_gain_sigma", "real_gain_sigma"):
+            gains = [r.get(name) for t in group for r in t["rows"] if r.get(name) is not None]
+            gains = [g for g in gains if math.isfinite(g)]
+            row[name] = float(np.mean(gains)) if gains else None
         row["guide"] = group[0]["guide"] if group and group[0]["model_based"] else "model-free"
         row["temperature"] = group[0]["temperature"] if group and group[0]["model_based"] else None
         rows.append(row)
@@ -395,10 +404,12 @@ def format_table(rows: list[dict], fixed_steps: list[int]) -> str:
 def format_gain_table(rows: list[dict]) -> str:
     """Advantage gain (guided minus unguided n-step advantage, mean over the run) by guide and temperature."""
     guided = [r for r in rows if r["guide"] not in ("model-free", "none") and r["advantage_gain"] is not None]
-    lines = ["| method | guide | temperature | advantage gain | open-loop MSE guided / unguided |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | guide | temperature | advantage gain | gain (sd) | imagined / real gain (sd), quality | "
+             "open-loop MSE guided / unguided |", "|---|---|---|---|---|---|---|"]
     for row in sorted(guided, key=lambda r: (r["guide"], r["method"].partition("@")[0], r["temperature"] or 0)):
         lines.append(f"| {row['method']} | {row['guide']} | {_pm(row['temperature'])} | {row['advantage_gain']:.4g} | "
+                     f"{_pm(row.get('advantage_gain_sigma'))} | {_pm(row.get('quality_gain_sigma'))} / "
+                     f"{_pm(row.get('real_gain_sigma'))} | "
                      f"{_pm(row['open_loop_mse_guided'])} / {_pm(row['open_loop_mse_unguided'])} |")
     return "\n".join(lines)
 
