@@ -5,7 +5,8 @@ replay, and for each guide setting the windows imagined from their start states 
 (`diagnostics.guidance_effect`). Each window's actions are replayed in MuJoCo from its true start state (qpos, qvel);
 the n-step advantage of the imagined windows and of what the simulator does with the same actions, under the
 checkpoint's own critic, give the imagined and the real gain (guided minus unguided, in standard deviations of
-the unguided windows'), next to the open-loop error of guided and unguided windows. An imagined gain that does not
+the unguided windows'), next to the open-loop error of guided and unguided windows and, for resampling, the share
+of the unguided windows' spread that lies within start states (what a choice among a start's candidates can act on). An imagined gain that does not
 appear on the simulator is value the model hallucinated (ALGORITHM.md 7). Also draws, for a few windows, imagined
 against simulated state trajectories, guided and unguided.
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     rows, pictures = [], {}
     print(f"{env_id}, H={model.config.horizon}, {args.windows} replay windows; gains in sd of the unguided windows")
     header = (f"{'setting':24} {'kind':4} {'beta':>5} {'imagined':>9} {'real':>7} {'open-loop g/u':>13} "
-              f"{'seconds':>8}")
+              f"{'within/all sd':>13} {'seconds':>8}")
     print(header)
     print("-" * len(header))
     for name in args.settings:
@@ -85,16 +86,24 @@ def main(argv=None) -> int:
                                          seed=args.seed, to_env_actions=to_env)
                 seconds = time.perf_counter() - began
                 m = effect["metrics"]
+                within = None  # the spread a choice among a start's candidates acts on, against the whole spread
+                if "candidate_advantages" in effect["imagined"]["guided"]:
+                    from agd_ray.world_model.guidance import within_start_spread
+
+                    candidates = effect["imagined"]["guided"]["candidate_advantages"].double()
+                    within = float(within_start_spread(candidates) / candidates.std())
                 row = {"setting": name, "kind": kind, "temperature": temperature,
                        "imagined_gain_sigma": m["quality/advantage_gain_sigma"],
                        "real_gain_sigma": m["quality/real_advantage_gain_sigma"],
                        "imagined_gain": m["quality/advantage_gain"], "real_gain": m["quality/real_advantage_gain"],
                        "open_loop_mse_guided": m["quality/open_loop_mse_guided"],
-                       "open_loop_mse_unguided": m["quality/open_loop_mse_unguided"], "seconds": seconds}
+                       "open_loop_mse_unguided": m["quality/open_loop_mse_unguided"], "seconds": seconds,
+                       "within_start_share": within}
                 rows.append(row)
                 ratio = row["open_loop_mse_guided"] / row["open_loop_mse_unguided"]
                 print(f"{name:24} {kind:4} {temperature:5g} {row['imagined_gain_sigma']:+9.3f} "
-                      f"{row['real_gain_sigma']:+7.3f} {ratio:13.2f} {seconds:8.1f}", flush=True)
+                      f"{row['real_gain_sigma']:+7.3f} {ratio:13.2f} "
+                      f"{'-' if within is None else f'{within:.2f}':>13} {seconds:8.1f}", flush=True)
                 if kind == "eag" and temperature == min(args.temperatures):
                     pictures[name] = effect
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

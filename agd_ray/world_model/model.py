@@ -41,6 +41,16 @@ def _to_tensor(value, device, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from err
 
 
+def _adam(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel (one call per step for all parameters; CPU and CUDA in this torch), else the
+    multi-tensor one. The same update rule as the per-tensor loop, up to floating-point rounding."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # a device or torch build without the fused kernel
+        return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
 class WorldModel:
     """Trajectory diffusion world model over windows x = [s, r, d] conditioned on actions (ALGORITHM.md 1-3).
 
@@ -72,10 +82,10 @@ class WorldModel:
                 self.return_model = ReturnModel(obs_dim, act_dim, config.horizon, config.return_model_hidden,
                                                 config.diffusion_steps).to(self.device)
         self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.lr)
+        self.optimizer = _adam(self.denoiser.parameters(), config.lr, self.device)
         self.return_optimizer = None
         if self.return_model is not None:
-            self.return_optimizer = torch.optim.Adam(self.return_model.parameters(), lr=config.lr)
+            self.return_optimizer = _adam(self.return_model.parameters(), config.lr, self.device)
         self._discounts = config.return_gamma ** torch.arange(config.horizon, dtype=torch.float32,
                                                                device=self.device)  # [H]
         self._train_generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -221,11 +231,14 @@ class WorldModel:
     def _update_ema(self) -> None:
         """EMA of the weights (decay, every `ema_every` updates, from `ema_start`); a copy before that."""
         cfg = self.config
+        # One fused call over all tensors instead of a state-dict round trip or a Python loop per tensor.
         if self.num_updates < cfg.ema_start:
-            self.ema_denoiser.load_state_dict(self.denoiser.state_dict())
+            ema = [*self.ema_denoiser.parameters(), *self.ema_denoiser.buffers()]
+            live = [*self.denoiser.parameters(), *self.denoiser.buffers()]
+            torch._foreach_copy_(ema, [t.detach() for t in live])
         elif self.num_updates % cfg.ema_every == 0:
-            for ema, live in zip(self.ema_denoiser.parameters(), self.denoiser.parameters(), strict=True):
-                ema.lerp_(live, 1.0 - cfg.ema_decay)
+            torch._foreach_lerp_(list(self.ema_denoiser.parameters()),
+                                 [t.detach() for t in self.denoiser.parameters()], 1.0 - cfg.ema_decay)
 
     # ------------------------------------------------------------------------------------------ imagination
     def _device_generator(self, generator: torch.Generator | None) -> torch.Generator:

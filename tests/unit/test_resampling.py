@@ -108,8 +108,25 @@ def test_normalised_weights_use_the_within_start_spread():
     config = GuideConfig(kind="eag", temperature=0.7)
     torch.testing.assert_close(torch.softmax(resample_log_weights(adv, config), 1),
                                torch.softmax(resample_log_weights(shifted, config), 1))
-    pooled = math.sqrt(((adv - adv.mean(1, keepdim=True)) ** 2).sum().item() / (50 * 5))
-    assert within_start_spread(adv).item() == pytest.approx(pooled, rel=1e-12)
+    neighbours = [abs(row[k] - row[k - 1]) for row in adv.tolist() for k in range(len(row))]  # k - 1 wraps at 0
+    ordered = sorted(neighbours)
+    want = ordered[(len(ordered) - 1) // 2] / (0.6744897501960817 * math.sqrt(2))  # torch's median: the lower one
+    assert within_start_spread(adv).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_within_start_spread_is_the_standard_deviation_for_normal_data_and_ignores_outliers():
+    """For N(0, 1) advantages the robust spread is 1 (within sampling error) at small and large K; 3% of windows at
+    -100 (a fall that cuts the bootstrap) multiply the standard deviation by ~6 and leave the robust spread within
+    10%."""
+    g = torch.Generator().manual_seed(7)
+    assert within_start_spread(torch.randn(20000, 2, generator=g, dtype=torch.float64)).item() == pytest.approx(
+        1.0, abs=0.03)
+    adv = torch.randn(4000, 9, generator=g, dtype=torch.float64)
+    assert within_start_spread(adv).item() == pytest.approx(1.0, abs=0.03)
+    falls = torch.rand(4000, 9, generator=g, dtype=torch.float64) < 0.03
+    heavy = torch.where(falls, torch.full_like(adv, -100.0), adv)
+    assert heavy.std().item() > 5.0
+    assert within_start_spread(heavy).item() == pytest.approx(within_start_spread(adv).item(), rel=0.1)
 
 
 def test_resampling_keeps_one_of_its_candidates_per_start(model):

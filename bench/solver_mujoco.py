@@ -1,0 +1,119 @@
+"""Few-step sampling on a trained MuJoCo world model: open-loop error against the reverse steps K and DDIM's eta.
+
+From one checkpoint (an `agd-ray train` OUTPUT/checkpoint or a Tune trial's checkpoint_NNNNNN): real windows from its
+replay; for each (eta, K) the checkpoint's weights sample windows from their start states with the checkpoint's
+policy (its policy-guidance rule, no state guidance; the same seed), and each window's actions are replayed in
+MuJoCo from its true (qpos, qvel) (`diagnostics.open_loop_error`). Reported: the open-loop state MSE (mean over
+steps 1..H-1), its ratio to the full chain (K = N, eta = 1), the action z mean / std under the policy at the
+returned states, and the seconds per imagine call. The fewest reverse steps within `--tolerance` of the full chain
+is printed at the end. Prints a table, writes JSON.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/solver_mujoco.py CHECKPOINT [--windows 256] [--out bench/out/solver_mujoco.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ETAS = (1.0, 0.0)
+STEPS = (64, 32, 16, 8, 6, 4, 3, 2)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint directory with agd/ (train's OUTPUT/checkpoint, a trial's)")
+    parser.add_argument("--env", default=None, help="MuJoCo task id (default: from the run's params/config)")
+    parser.add_argument("--windows", type=int, default=256, help="real windows (start states) from replay")
+    parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per setting")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="reverse steps K (<= N)")
+    parser.add_argument("--etas", type=float, nargs="+", default=list(ETAS))
+    parser.add_argument("--tolerance", type=float, default=1.05, help="within this ratio of the full chain")
+    parser.add_argument("--out", default="bench/out/solver_mujoco.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    import gymnasium as gym
+    from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+    from agd_ray.imagination import make_policy
+    from agd_ray.world_model import GuideConfig, WorldModel
+    from agd_ray.world_model.diagnostics import action_z_stats, open_loop_error
+    from consistency import _env_of, load
+
+    checkpoint = Path(args.checkpoint)
+    env_id = args.env or _env_of(checkpoint)
+    if env_id is None:
+        print("solver_mujoco: error: --env is needed (no params.json or config.json beside the checkpoint)",
+              file=sys.stderr)
+        return 2
+    trained, module, replay = load(checkpoint)
+    policy = make_policy(module)
+    env = gym.make(env_id)
+    n = trained.config.diffusion_steps
+    real = replay.sample_windows(args.windows, trained.config.horizon, rng=np.random.default_rng(123))
+    start = real["observations"][:, 0]
+    state = trained.state_dict()
+    steps = sorted({k for k in args.steps if k <= n} | {n}, reverse=True)
+    print(f"{env_id}: N={n}, H={trained.config.horizon}, policy guidance {trained.config.policy_guidance!r}, "
+          f"{args.windows} windows x {args.seeds} seeds")
+    header = f"{'eta':>4} {'K':>4} {'open-loop mse':>13} {'x full':>7} {'z mean':>7} {'z std':>6} {'s/imagine':>9}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for eta in args.etas:
+        for k in steps:
+            model = WorldModel(trained.obs_dim, trained.act_dim,
+                               trained.config.replace(sampling_steps=k, sampler_eta=eta), device="cpu",
+                               terminal_rule=trained.terminal_rule)
+            model.load_state_dict(state)
+            errors, z_means, z_stds, seconds = [], [], [], []
+            for seed in range(args.seeds):
+                began = time.perf_counter()
+                out = model.imagine(start, policy=policy, guide=GuideConfig(kind="none"),
+                                    generator=torch.Generator().manual_seed(seed))
+                seconds.append(time.perf_counter() - began)
+                actions = unsquash_action(out["actions"].numpy().astype(np.float64), env.action_space)
+                errors.append(float(np.nanmean(open_loop_error(env, real["qpos"], real["qvel"], actions,
+                                                               out["observations"])[1:])))
+                z = action_z_stats(out, policy)
+                z_means.append(z["action_z_mean"])
+                z_stds.append(z["action_z_std"])
+            rows.append({"eta": eta, "steps": k, "open_loop_mse": float(np.mean(errors)),
+                         "open_loop_mse_seeds": errors, "action_z_mean": float(np.mean(z_means)),
+                         "action_z_std": float(np.mean(z_stds)), "seconds": float(np.median(seconds))})
+    full = next(r for r in rows if r["eta"] == 1.0 and r["steps"] == n)["open_loop_mse"] if 1.0 in args.etas else None
+    for r in rows:
+        r["ratio"] = r["open_loop_mse"] / full if full else None
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        print(f"{r['eta']:4g} {r['steps']:4d} {r['open_loop_mse']:13.4f} {ratio:>7} {r['action_z_mean']:7.3f} "
+              f"{r['action_z_std']:6.3f} {r['seconds']:9.3f}")
+    within = [r for r in rows if r["ratio"] is not None and r["ratio"] <= args.tolerance]
+    best = min(within, key=lambda r: (r["steps"], -r["eta"])) if within else None
+    if best:
+        print(f"fewest reverse steps within {args.tolerance}x of the full chain: eta={best['eta']:g}, "
+              f"K={best['steps']} ({best['ratio']:.3f}x)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = {"checkpoint": str(checkpoint), "env": env_id, "diffusion_steps": n, "horizon": trained.config.horizon,
+            "policy_guidance": trained.config.policy_guidance, "windows": args.windows, "seeds": args.seeds,
+            "tolerance": args.tolerance, "best": best, "machine": f"{platform.machine()} {platform.processor()}",
+            "torch": torch.__version__, "commit": commit}
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
