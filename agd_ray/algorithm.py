@@ -330,6 +330,9 @@ class AGD(PPO):
                 self.metrics.log_value(("world_model", "loss"), result["loss"], window=1)
                 self.metrics.log_value(("world_model", "replay_wait_s"), result["replay_wait_s"], window=1)
                 self.metrics.log_value(("world_model", "train_s"), result["train_s"], window=1)
+                for key in ("weight_mean", "weight_std"):  # the self-weighted guide's training weights
+                    if key in result:
+                        self.metrics.log_value(("world_model", key), result[key], window=1)
 
     def _measure_quality(self) -> None:
         """World-model quality (ALGORITHM.md 7) every `imagination.quality_interval` iterations, on

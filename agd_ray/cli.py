@@ -23,7 +23,7 @@ import time
 
 from agd_ray.sweep import add_sweep_parser, sweep_main
 
-GUIDE_CHOICES = ("none", "sag", "eag", "reward", "model-free")
+GUIDE_CHOICES = ("none", "sag", "eag", "reward", "swg", "model-free")
 PRESETS = ("cpu", "paper", "tiny")
 
 # Sizes per preset. `cpu`: small enough that `make run` (InvertedPendulum, 15k env steps) takes minutes on a
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="guidance kind: none (PolyGRAD), sag, eag (AGD: by default one of "
                             "guidance.candidates=4 imagined windows per start state kept in proportion to its "
                             "advantage weight; guidance.method=gradient for the paper's gradient guide), reward "
-                            "(Diffuser-style), or model-free (plain PPO on real data, the baseline)")
+                            "(Diffuser-style), swg (self-weighted: the model learns a weight channel; --scale 1 is "
+                            "the exact tilt), or model-free (plain PPO on real data, the baseline)")
     train.add_argument("--temperature", default="1.0", help="guidance temperature beta (> 0)")
     train.add_argument("--scale", default=None, help="guidance scale c (>= 0; default: the guide's default)")
     train.add_argument("--horizon", type=int, default=None, help="imagined window length H (>= 2; default: preset)")

@@ -173,6 +173,8 @@ def _build_model(obs_dim: int, act_dim: int, world_model_config, guide_config, d
     if guide_config.kind != "reward":
         # Only the reward guide uses the return model J; training it otherwise doubles the update cost.
         world_model_config = world_model_config.replace(return_model_hidden=0)
+    # Only the self-weighted guide uses the weight channel, and with it every training batch needs its weights.
+    world_model_config = world_model_config.replace(weight_channel=guide_config.kind == "swg")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rule = terminal_rule(env_id) if termination == "env" else None
@@ -232,7 +234,11 @@ class WorldModelWorker:
     # -- training ------------------------------------------------------------------------------------------
     def train(self, *, num_updates: int) -> dict:
         """`num_updates` Adam steps on windows from replay, pulled `batches_per_call` batches per call with
-        the next call in flight while the current one trains. Returns loss and counters."""
+        the next call in flight while the current one trains. Returns loss and counters.
+
+        With the self-weighted guide each batch gets its weights W = w(A_win / beta) (`guidance.window_weights`)
+        from the current critic just before its update, so the weight channel is trained on the critic the policy
+        has now, never on the one of the batch's draw; `weight_mean` and `weight_std` report them."""
         if num_updates <= 0:
             return {"num_updates": self.model.num_updates, "loss": float("nan"), "updates_done": 0,
                     "train_s": 0.0, "replay_wait_s": 0.0, "finished_at": time.time()}
@@ -242,7 +248,7 @@ class WorldModelWorker:
         calls = -(-num_updates // self.batches_per_call)
         sizes = [min(self.batches_per_call, num_updates - i * self.batches_per_call) for i in range(calls)]
         pending = self._pull(sizes[0] * batch_size, horizon)
-        losses, wait_s = [], 0.0
+        losses, wait_s, weights = [], 0.0, []
         for i, size in enumerate(sizes):
             t0 = time.perf_counter()
             windows = self.replay.resolve(pending)
@@ -251,10 +257,27 @@ class WorldModelWorker:
                 pending = self._pull(sizes[i + 1] * batch_size, horizon)
             for j in range(size):
                 batch = {k: windows[k][j * batch_size:(j + 1) * batch_size] for k in _WINDOW_FIELDS}
+                if self.model.config.weight_channel:
+                    batch["weights"] = self._window_weights(batch)
+                    weights.append(batch["weights"])
                 losses.append(self.model.update(batch)["loss"])
-        return {"num_updates": self.model.num_updates, "loss": float(np.mean(losses)), "updates_done": num_updates,
-                "normalizer_version": self.model.normalizer.version, "train_s": time.perf_counter() - start,
-                "replay_wait_s": wait_s, "finished_at": time.time()}
+        result = {"num_updates": self.model.num_updates, "loss": float(np.mean(losses)), "updates_done": num_updates,
+                  "normalizer_version": self.model.normalizer.version, "train_s": time.perf_counter() - start,
+                  "replay_wait_s": wait_s, "finished_at": time.time()}
+        if weights:
+            weights = np.concatenate(weights)
+            result.update(weight_mean=float(weights.mean()), weight_std=float(weights.std()))
+        return result
+
+    def _window_weights(self, batch: dict) -> np.ndarray:
+        """W = w(A_win / beta) of a batch of real windows with the current critic (no gradients): [B]."""
+        from agd_ray.imagination import make_critic
+        from agd_ray.world_model.guidance import window_weights
+
+        windows = {k: torch.as_tensor(np.asarray(batch[k]), device=self.model.device)
+                   for k in ("observations", "rewards", "terminals")}
+        with torch.no_grad():
+            return window_weights(windows, make_critic(self.module), self.guide).cpu().numpy()
 
     def _pull(self, num_windows: int, horizon: int):
         self._pull_count += 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-GUIDE_KINDS = ("none", "sag", "eag", "reward")
+GUIDE_KINDS = ("none", "sag", "eag", "reward", "swg")
+SWG_WEIGHTS = ("sigmoid", "exp")
 GUIDE_METHODS = ("resample", "gradient")
 MAX_CANDIDATES = 256
 ADVANTAGE_MODES = ("td1", "gae")
@@ -87,6 +88,9 @@ class WorldModelConfig(_Config):
     delta_lr: float = 3e-3  # learning rate of log(delta) in the adaptive step
     return_model_hidden: int = 256  # width of the reward guide's return model J (0: not trained)
     return_gamma: float = 0.99  # discount of the return J predicts
+    # Self-weighted guidance (ALGORITHM.md 6): x = [s, r, d, W] with a window-level weight W >= 0 repeated over
+    # the H steps (D_s + 3 channels); `update` then needs `weights` [B] (or per-step [B, H]) in every batch.
+    weight_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.sampling_steps is None:
@@ -120,6 +124,7 @@ class WorldModelConfig(_Config):
         check_field("delta_lr", self.delta_lr, self.delta_lr >= 0, ">= 0")
         check_field("return_model_hidden", self.return_model_hidden, self.return_model_hidden >= 0, ">= 0")
         check_field("return_gamma", self.return_gamma, 0 <= self.return_gamma <= 1, "in [0, 1]")
+        check_field("weight_channel", self.weight_channel, isinstance(self.weight_channel, bool), "True or False")
 
 
 @dataclass(frozen=True)
@@ -127,13 +132,16 @@ class GuideConfig(_Config):
     """How imagined windows are guided (ALGORITHM.md section 3, steps 3-4, and section 6).
 
     kind: none (PolyGRAD: policy guidance on actions only), sag / eag (advantage guidance), reward (Diffuser-style
-    return guidance, the baseline). For sag / eag, `method` says how the weight w(A / beta) acts: "resample"
-    (default) imagines `candidates` unguided windows per start state and keeps one drawn in proportion to its
-    weight (exact reweighting, dynamics untouched); "gradient" moves the states along grad log w in the reverse
-    process (the AGD paper's guide). `GuideConfig.reference(...)` reproduces the published reference code.
+    return guidance, the baseline), swg (self-weighted guidance, ALGORITHM.md 6: the model diffuses a weight channel
+    W = w(A / beta) computed at training time and the reverse process follows grad log of its prediction; needs
+    WorldModelConfig.weight_channel, ignores `method` and `candidates`). For sag / eag, `method` says how the
+    weight w(A / beta) acts: "resample" (default) imagines `candidates` unguided windows per start state and keeps
+    one drawn in proportion to its weight (exact reweighting, dynamics untouched); "gradient" moves the states
+    along grad log w in the reverse process (the AGD paper's guide). `GuideConfig.reference(...)` reproduces the
+    published reference code.
     """
 
-    kind: str = "none"  # none|sag|eag|reward
+    kind: str = "none"  # none|sag|eag|reward|swg
     temperature: float = 1.0  # beta > 0; math.inf switches the advantage guide off exactly
     method: str = "resample"  # sag/eag: resample (K candidates, one kept by weight; ours) or gradient (the paper's)
     candidates: int = 4  # K, unguided candidate windows per start state (method resample); 1 is PolyGRAD exactly
@@ -148,6 +156,9 @@ class GuideConfig(_Config):
     grad_wrt: str = "x0"  # x0: gradient w.r.t. x0_hat (reference); xt: through the denoiser (ours, optional)
     reward_guide_steps: int = 2  # reward guide: gradient steps per reverse step (Diffuser: 2)
     reward_t_stop: int = 2  # reward guide: no guidance in this many final reverse steps (Diffuser: 2)
+    # swg: the form of the trained weight W = w(A / beta): sigmoid (SAG's) or exp (EAG's). swg's temperature acts
+    # when the weights are computed for training; its scale c multiplies the sampling step (c = 1: exact tilt).
+    swg_weight: str = "sigmoid"
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, GUIDE_KINDS)
@@ -165,6 +176,7 @@ class GuideConfig(_Config):
         check_field("lam", self.lam, 0 <= self.lam <= 1, "in [0, 1]")
         check_field("reward_guide_steps", self.reward_guide_steps, self.reward_guide_steps >= 1, ">= 1")
         check_field("reward_t_stop", self.reward_t_stop, self.reward_t_stop >= 0, ">= 0")
+        check_choice("swg_weight", self.swg_weight, SWG_WEIGHTS)
 
     @property
     def resampling(self) -> bool:

@@ -39,18 +39,18 @@ class ResidualBlock(nn.Module):
 class ResidualMLPDenoiser(nn.Module):
     """D(x_t, sqrt(alpha_bar_t) a, t) -> x0_hat over a whole flattened window (PolyGRAD, ALGORITHM.md 2).
 
-    x_t: [B, H, D_s + 2] (states, reward, terminal), actions: [B, H, D_a] (already scaled), t: [B] int.
-    Returns x0_hat: [B, H, D_s + 2]. The caller inpaints s[0].
+    x_t: [B, H, D_x] (states, reward, terminal, and the weight with `weight_channel`: D_x = D_s + 2 or D_s + 3),
+    actions: [B, H, D_a] (already scaled), t: [B] int. Returns x0_hat: [B, H, D_x]. The caller inpaints s[0].
     """
 
     def __init__(
         self, obs_dim: int, act_dim: int, horizon: int, hidden_dim: int, num_layers: int, num_steps: int,
-        fourier_features: int = 16,
+        fourier_features: int = 16, weight_channel: bool = False,
     ) -> None:
         super().__init__()
-        self.horizon, self.x_dim = horizon, obs_dim + 2
-        in_dim = horizon * (obs_dim + 2 + act_dim)
-        embed_dim = max(in_dim, 128)  # E = max(H (D_s + 2 + D_a), 128)
+        self.horizon, self.x_dim = horizon, obs_dim + 2 + int(weight_channel)
+        in_dim = horizon * (self.x_dim + act_dim)
+        embed_dim = max(in_dim, 128)  # E = max(H (D_x + D_a), 128)
         self.input = nn.Linear(in_dim, embed_dim)
         self.time_embedding = FourierTimeEmbedding(fourier_features, embed_dim, num_steps)
         self.to_hidden = nn.Linear(embed_dim, hidden_dim)
@@ -71,11 +71,13 @@ class ResidualMLPDenoiser(nn.Module):
 
 
 class ReturnModel(nn.Module):
-    """J(x_t, a_t, t) -> predicted discounted return sum_h gamma^h r[h] of the clean window (Diffuser's guide)."""
+    """J(x_t, a_t, t) -> predicted discounted return sum_h gamma^h r[h] of the clean window (Diffuser's guide).
+    x_t: [B, H, D_x] as the denoiser's (D_x = D_s + 2, or D_s + 3 with `weight_channel`)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, horizon: int, hidden_dim: int, num_steps: int) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, horizon: int, hidden_dim: int, num_steps: int,
+                 weight_channel: bool = False) -> None:
         super().__init__()
-        in_dim = horizon * (obs_dim + 2 + act_dim)
+        in_dim = horizon * (obs_dim + 2 + int(weight_channel) + act_dim)
         self.time_embedding = FourierTimeEmbedding(16, hidden_dim, num_steps)
         self.input = nn.Linear(in_dim, hidden_dim)
         self.body = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1))

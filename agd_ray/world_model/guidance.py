@@ -1,4 +1,5 @@
-"""Guidance (ALGORITHM.md section 3): policy guidance on actions, advantage and reward guidance on states.
+"""Guidance (ALGORITHM.md sections 3 and 6): policy guidance on actions, advantage, reward and self-weighted
+guidance on states.
 
 The equations are pure functions. Guides are objects the sampler calls once per reverse step through one
 method, `shift(inputs) -> GuideShift`; the sampler never asks which kind of guide it holds. A guide that
@@ -124,11 +125,36 @@ def resample_indices(log_weights: torch.Tensor, generator: torch.Generator) -> t
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def window_weights(windows: dict, critic: Critic, config: GuideConfig) -> torch.Tensor:
+    """The self-weighted guide's training weight W = w(A_win / beta) of each real window (ALGORITHM.md 6): [B].
+
+    A_win is the window's n-step advantage (`window_advantages`, the critic on its unnormalised states), divided by
+    its batch standard deviation with `normalize_advantage`; w is sigmoid (`swg_weight="sigmoid"`, SAG's form) or
+    exp ("exp", EAG's form). windows: observations [B, H, D_s], rewards [B, H], terminals [B, H] (arrays or
+    tensors). Computed in float64 so that exp weights of large A / beta stay finite; the caller runs it without
+    gradients (the weights are training targets).
+    """
+    values = {k: torch.as_tensor(windows[k]) for k in ("observations", "rewards", "terminals")}
+    device = values["observations"].device
+    obs = values["observations"].to(torch.float32)
+    critic_values = critic(obs).double()  # [B, H]
+    continues = 1.0 - values["terminals"].to(device=device, dtype=torch.float64)  # [B, H]
+    advantages = n_step_advantage(values["rewards"].to(device=device, dtype=torch.float64), critic_values,
+                                  continues, config.gamma)  # [B]
+    if config.normalize_advantage and advantages.numel() > 1:
+        advantages = advantages / advantages.std().clamp_min(1e-8)
+    return torch.exp(SWG_LOG_WEIGHTS[config.swg_weight](advantages, config.temperature))
+
+
 ADVANTAGES = {
     "td1": lambda r, v, c, cfg: td1_advantage(r, v, c, cfg.gamma),
     "gae": lambda r, v, c, cfg: gae_advantage(r, v, c, cfg.gamma, cfg.lam),
 }
 LOG_WEIGHTS = {"sag": sag_log_weight, "eag": eag_log_weight}
+SWG_LOG_WEIGHTS = {"sigmoid": sag_log_weight, "exp": eag_log_weight}
+# The smallest predicted weight the self-weighted guide takes the log of (weights are self-normalised to a batch
+# mean of 1, see `WorldModel.update`, so this is a thousandth of a typical window's weight).
+MIN_PREDICTED_WEIGHT = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------- guides
@@ -138,8 +164,8 @@ class GuideInputs:
 
     step: ReverseStep
     steps_left: int  # reverse steps after this one (0 at the last step)
-    x_t: torch.Tensor  # [B, H, D_s + 2]; requires grad when the guide asked for `differentiate_xt`
-    x0_hat: torch.Tensor  # [B, H, D_s + 2]; a function of x_t when `differentiate_xt`
+    x_t: torch.Tensor  # [B, H, D_x] (D_x = D_s + 2, + 1 with a weight); requires grad if `differentiate_xt`
+    x0_hat: torch.Tensor  # [B, H, D_x]; a function of x_t when `differentiate_xt`
     scaled_actions: torch.Tensor  # [B, H, D_a]: sqrt(alpha_bar_t) * a_t, as the denoiser saw them
     timesteps: torch.Tensor  # [B] int
     normalizer: NormalizerSnapshot
@@ -154,14 +180,18 @@ class GuideShift:
     mean: torch.Tensor | None = None
 
 
-def guided_channel_mask(obs_dim: int, horizon: int, *, rewards: bool, last_state: bool, device) -> torch.Tensor:
-    """[H, D_s + 2] of 0/1: which entries of x a state guide may move. Never s[0] (inpainted) or d."""
-    mask = torch.zeros(horizon, obs_dim + 2, device=device)
+def guided_channel_mask(obs_dim: int, horizon: int, *, rewards: bool, last_state: bool, device,
+                        x_dim: int | None = None, weight: bool = False) -> torch.Tensor:
+    """[H, D_x] of 0/1: which entries of x a state guide may move. Never s[0] (inpainted) or d. D_x = x_dim
+    (default D_s + 2); a weight channel (x_dim = D_s + 3) is moved only with `weight`."""
+    mask = torch.zeros(horizon, x_dim or obs_dim + 2, device=device)
     mask[1:, :obs_dim] = 1.0
     if not last_state:
         mask[horizon - 1, :obs_dim] = 0.0
     if rewards:
         mask[:, obs_dim] = 1.0
+    if weight:
+        mask[:, obs_dim + 2] = 1.0
     return mask
 
 
@@ -184,7 +214,7 @@ class AdvantageGuide:
         self.differentiate_xt = config.grad_wrt == "xt"
 
     def advantages(self, x0: torch.Tensor, normalizer: NormalizerSnapshot, critic: Critic) -> torch.Tensor:
-        """A[h] of windows x0 (normalised, [B, H, D_s + 2]) with the critic on unnormalised states: [B, H-1]."""
+        """A[h] of windows x0 (normalised, [B, H, D_x]) with the critic on unnormalised states: [B, H-1]."""
         cfg, ds = self.config, self.obs_dim
         states = normalizer.unnormalize("observations", x0[..., :ds])  # [B, H, D_s]
         rewards = normalizer.unnormalize("rewards", x0[..., ds])  # [B, H]
@@ -207,7 +237,7 @@ class AdvantageGuide:
         return self.log_weight(self.advantages(x0, normalizer, critic), self.config.temperature).sum()
 
     def gradient(self, inputs: GuideInputs) -> torch.Tensor:
-        """g = grad log w w.r.t. x0_hat (grad_wrt x0) or x_t (grad_wrt xt), masked: [B, H, D_s + 2]."""
+        """g = grad log w w.r.t. x0_hat (grad_wrt x0) or x_t (grad_wrt xt), masked: [B, H, D_x]."""
         cfg = self.config
         with torch.enable_grad():
             if self.differentiate_xt:
@@ -216,7 +246,8 @@ class AdvantageGuide:
                 wrt = x0 = inputs.x0_hat.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.objective(x0, inputs.normalizer, inputs.critic), wrt)
         mask = guided_channel_mask(
-            self.obs_dim, g.shape[1], rewards=cfg.guide_rewards, last_state=cfg.guide_last_state, device=g.device
+            self.obs_dim, g.shape[1], rewards=cfg.guide_rewards, last_state=cfg.guide_last_state, device=g.device,
+            x_dim=g.shape[2],
         )
         return g * mask
 
@@ -242,7 +273,7 @@ class RewardGuide:
         if inputs.steps_left < cfg.reward_t_stop:
             return GuideShift()
         mask = guided_channel_mask(self.obs_dim, inputs.x_t.shape[1], rewards=True, last_state=True,
-                                   device=inputs.x_t.device)
+                                   device=inputs.x_t.device, x_dim=inputs.x_t.shape[2])
         x = inputs.x_t.detach()
         for _ in range(cfg.reward_guide_steps):
             with torch.enable_grad():
@@ -253,16 +284,53 @@ class RewardGuide:
         return GuideShift(mean=x - inputs.x_t.detach())
 
 
+class SelfWeightedGuide:
+    """SWG (ALGORITHM.md 6): mu_t <- mu_t + c beta_tilde_t grad_{x_t} log W0_hat(x_t), no critic call.
+
+    The model diffuses a weight channel W (`WorldModelConfig.weight_channel`); trained with squared error, its x0
+    prediction of that channel is the posterior mean W0_hat(x_t) = E[W | x_t], so g is the exact classifier-guidance
+    term of the tilt p(tau) W(tau) and c = 1 is the exact tilt for the DDPM step. W0_hat is the mean over h of the
+    predicted channel (one window-level weight repeated over the H steps). The step moves the states (never s[0]),
+    the rewards and the weight channel itself, never d: the weight channel is part of the tilted x, and left
+    unguided it would keep telling the denoiser the untilted weight while the states move.
+    """
+
+    differentiate_xt = True
+
+    def __init__(self, config: GuideConfig, obs_dim: int) -> None:
+        self.config, self.obs_dim = config, obs_dim
+
+    def log_weight(self, x0_hat: torch.Tensor) -> torch.Tensor:
+        """log W0_hat of each window, x0_hat: [B, H, D_s + 3] -> [B]. A regression output can dip to or below 0
+        (at high noise, or for a window the data gives almost no weight), where the log is undefined: it is clamped
+        to MIN_PREDICTED_WEIGHT, so such a window gets no push (a zero gradient) instead of a NaN or an unbounded
+        one."""
+        predicted = x0_hat[..., self.obs_dim + 2].mean(dim=1)  # [B]
+        return torch.log(predicted.clamp_min(MIN_PREDICTED_WEIGHT))
+
+    def shift(self, inputs: GuideInputs) -> GuideShift:
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.log_weight(inputs.x0_hat).sum(), inputs.x_t)  # [B, H, D_s + 3]
+        mask = guided_channel_mask(self.obs_dim, g.shape[1], rewards=True, last_state=True, device=g.device,
+                                   x_dim=g.shape[2], weight=True)
+        return GuideShift(mean=self.config.scale * inputs.step.guide_var * g * mask)
+
+
 def build_guide(config: GuideConfig, obs_dim: int, return_model: torch.nn.Module | None = None,
-                terminal_rule: TerminalRule | None = None):
+                terminal_rule: TerminalRule | None = None, weight_channel: bool = False):
     """The guide object for a GuideConfig; a config that cannot have an effect gives `NoGuide`. `terminal_rule`:
     the advantage guides cut at the task's terminations instead of the diffused terminal channel. Resampling
     (`GuideConfig.resampling`) acts on whole windows after the reverse process (`WorldModel.imagine`), so its
-    reverse process is unguided: `NoGuide`."""
+    reverse process is unguided: `NoGuide`. `weight_channel`: whether the model diffuses the weight swg needs."""
+    if config.kind == "swg" and not weight_channel:
+        raise ValueError("guide kind='swg' needs a model with the weight channel; set "
+                         "WorldModelConfig.weight_channel=True (this model has weight_channel=False)")
     if not config.enabled or config.resampling:
         return NoGuide()
     if config.kind == "reward":
         if return_model is None:
             raise ValueError("guide kind='reward' needs the return model; set WorldModelConfig.return_model_hidden > 0")
         return RewardGuide(config, obs_dim, return_model)
+    if config.kind == "swg":
+        return SelfWeightedGuide(config, obs_dim)
     return AdvantageGuide(config, obs_dim, terminal_rule)

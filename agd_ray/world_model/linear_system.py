@@ -59,8 +59,11 @@ class LinearSystem:
         values = self.critic(out["observations"])
         return n_step_advantage(r, values, 1.0 - out["terminals"].float(), self.gamma).mean().item()
 
-    def train(self, config, *, updates: int, num_windows: int = 20000, seed: int = 0):
-        """A WorldModel fitted to `num_windows` windows of this system; returns (model, losses [updates])."""
+    def train(self, config, *, updates: int, num_windows: int = 20000, seed: int = 0, guide=None):
+        """A WorldModel fitted to `num_windows` windows of this system; returns (model, losses [updates]).
+        With `config.weight_channel`, each batch carries the weights `guidance.window_weights` of `guide` (a
+        GuideConfig, kind swg) under the known critic."""
+        from agd_ray.world_model.guidance import window_weights
         from agd_ray.world_model.model import WorldModel
 
         rng = np.random.default_rng(seed)
@@ -70,5 +73,8 @@ class LinearSystem:
         losses = np.empty(updates)
         for i in range(updates):
             idx = rng.integers(0, num_windows, config.batch_size)
-            losses[i] = wm.update({k: v[idx] for k, v in data.items()})["loss"]
+            batch = {k: v[idx] for k, v in data.items()}
+            if config.weight_channel:
+                batch["weights"] = window_weights(batch, self.critic, guide)
+            losses[i] = wm.update(batch)["loss"]
         return wm, losses

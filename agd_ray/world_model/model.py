@@ -52,7 +52,8 @@ def _adam(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
 
 
 class WorldModel:
-    """Trajectory diffusion world model over windows x = [s, r, d] conditioned on actions (ALGORITHM.md 1-3).
+    """Trajectory diffusion world model over windows x = [s, r, d] conditioned on actions (ALGORITHM.md 1-3),
+    or x = [s, r, d, W] with `WorldModelConfig.weight_channel` (self-weighted guidance, ALGORITHM.md 6).
 
     update(batch) trains the x0 denoiser (and the reward guide's return model); imagine(...) runs the
     guided reverse process with the EMA weights; adapt_policy_step(...) is the explicit adaptive-delta step.
@@ -76,11 +77,11 @@ class WorldModel:
             torch.manual_seed(seed)
             self.denoiser = ResidualMLPDenoiser(obs_dim, act_dim, config.horizon, config.hidden_dim,
                                                 config.num_layers, config.diffusion_steps,
-                                                config.fourier_features).to(self.device)
+                                                config.fourier_features, config.weight_channel).to(self.device)
             self.return_model = None
             if config.return_model_hidden > 0:
                 self.return_model = ReturnModel(obs_dim, act_dim, config.horizon, config.return_model_hidden,
-                                                config.diffusion_steps).to(self.device)
+                                                config.diffusion_steps, config.weight_channel).to(self.device)
         self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self.optimizer = _adam(self.denoiser.parameters(), config.lr, self.device)
         self.return_optimizer = None
@@ -147,18 +148,49 @@ class WorldModel:
             )
         self.normalizer = snapshot
 
-    def _normalized_windows(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 = [s, r, d] normalised: [B, H, D_s + 2], and normalised actions [B, H, D_a]."""
+    def _check_weights(self, batch: dict, batch_size: int) -> torch.Tensor:
+        """The weight channel of a batch: `weights` [B] (one per window) or [B, H] (per step), finite and >= 0
+        with a positive mean, self-normalised to a batch mean of 1: [B, H].
+
+        Dividing by the batch mean keeps the channel's scale near 1 for either weight form (exp weights span
+        orders of magnitude) without statistics in the normaliser, and changes nothing the guide uses: the tilt
+        p(tau) W(tau) / Z and grad log W0_hat are the same for W and W / const. Otherwise unnormalised, so that a
+        predicted weight is a weight (positive, its log defined) without an unnormalise step."""
+        if "weights" not in batch:
+            raise ValueError("batch lacks field 'weights' ([B] or [B, H]); a model with weight_channel=True "
+                             "needs the self-weighted guide's weights in every training batch")
+        value = batch["weights"]
+        try:  # float64: exp weights overflow float32 long before they lose meaning
+            weights = (value.detach().to("cpu", torch.float64) if torch.is_tensor(value)
+                       else torch.as_tensor(np.asarray(value, dtype=np.float64)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"weights must be a numeric array, got {type(value).__name__}") from err
+        horizon = self.config.horizon
+        if weights.dim() == 1 and weights.shape[0] == batch_size:
+            weights = weights[:, None].expand(batch_size, horizon)
+        if tuple(weights.shape) != (batch_size, horizon):
+            raise ValueError(f"weights has shape {tuple(weights.shape)}; expected ({batch_size},) or "
+                             f"({batch_size}, {horizon})")
+        if not torch.isfinite(weights).all():
+            raise ValueError("weights contains NaN or inf; a training batch must be finite")
+        if (weights < 0).any() or weights.mean() <= 0:
+            raise ValueError(f"weights has min {weights.min().item():.3g} and mean {weights.mean().item():.3g}; "
+                             "weights must be >= 0 with a positive mean")
+        return (weights / weights.mean()).to(device=self.device, dtype=torch.float32)
+
+    def _normalized_windows(self, data: dict[str, torch.Tensor],
+                            weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 = [s, r, d] normalised: [B, H, D_s + 2], or [s, r, d, W] [B, H, D_s + 3] with weights [B, H]
+        (`_check_weights`), and normalised actions [B, H, D_a]."""
         norm = self.normalizer
-        x0 = torch.cat(
-            [
-                norm.normalize("observations", data["observations"]),
-                norm.normalize("rewards", data["rewards"])[..., None],
-                norm.normalize("terminals", data["terminals"])[..., None],
-            ],
-            dim=-1,
-        )
-        return x0, norm.normalize("actions", data["actions"])
+        channels = [
+            norm.normalize("observations", data["observations"]),
+            norm.normalize("rewards", data["rewards"])[..., None],
+            norm.normalize("terminals", data["terminals"])[..., None],
+        ]
+        if weights is not None:
+            channels.append(weights[..., None])
+        return torch.cat(channels, dim=-1), norm.normalize("actions", data["actions"])
 
     # ------------------------------------------------------------------------------------------ training
     def _action_input(self, sab: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -166,7 +198,7 @@ class WorldModel:
         return denoiser_actions(actions, sab[:, None, None], self.config.action_input)
 
     def diffusion_loss(self, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
-        """Unreduced x0-prediction loss (x0_hat - x0)^2: [B, H, D_s + 2] (ALGORITHM.md 2), and x_t."""
+        """Unreduced x0-prediction loss (x0_hat - x0)^2: [B, H, D_x] (ALGORITHM.md 2), and x_t."""
         sab = self._sqrt_alpha_bar[t]  # [B]
         x_t = inpaint_start(q_sample(x0, sab, noise), x0[:, 0, : self.obs_dim])
         with self._autocast():
@@ -176,13 +208,17 @@ class WorldModel:
 
     def update(self, batch: dict) -> dict:
         """One Adam step on a batch of windows. A batch with a wrong shape or NaN/inf is refused with a
-        ValueError and counted (`num_rejected_batches`); the model is then unchanged."""
+        ValueError and counted (`num_rejected_batches`); the model is then unchanged. With the weight channel the
+        batch also needs `weights` [B] or [B, H] (`_check_weights`), refused the same way when missing or bad."""
         try:
             data = self._check_batch(batch)
+            weights = None
+            if self.config.weight_channel:
+                weights = self._check_weights(batch, data["rewards"].shape[0])
         except ValueError:
             self.num_rejected_batches += 1
             raise
-        x0, actions = self._normalized_windows(data)
+        x0, actions = self._normalized_windows(data, weights)
         batch_size = x0.shape[0]
         gen = self._train_generator
         t = torch.randint(1, self.config.diffusion_steps + 1, (batch_size,), generator=gen, device=self.device)
@@ -295,7 +331,8 @@ class WorldModel:
         x0, actions = sample_windows(
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,
-            guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule), normalizer=norm,
+            guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule,
+                              self.config.weight_channel), normalizer=norm,
             delta=self.delta, settings=settings, generator=generator, autocast=self._autocast,
         )
         ds = self.obs_dim

@@ -51,7 +51,7 @@ def state_change_bound(step: ReverseStep, settings: SamplerSettings) -> float | 
 
 
 def inpaint_start(x: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
-    """Overwrite s[0] with the real start state. x: [B, H, D_s + 2], start_obs: [B, D_s] (normalised)."""
+    """Overwrite s[0] with the real start state. x: [B, H, D_x], start_obs: [B, D_s] (normalised)."""
     x = x.clone()
     x[:, 0, : start_obs.shape[-1]] = start_obs
     return x
@@ -77,7 +77,7 @@ class _Prefix:
         x = x.clone()
         obs_dim, committed = self.states.shape[-1], self.reward_terminal.shape[1]
         x[:, : self.states.shape[1], :obs_dim] = self.states
-        x[:, :committed, obs_dim:] = self.reward_terminal
+        x[:, :committed, obs_dim: obs_dim + 2] = self.reward_terminal  # a weight channel stays the model's
         return x
 
     def fix_actions(self, a: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,8 @@ def sample_windows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the guided reverse process from normalised start states.
 
-    start_obs: [B, D_s] normalised. Returns normalised (x_0 [B, H, D_s + 2], actions [B, H, D_a]).
+    start_obs: [B, D_s] normalised. Returns normalised (x_0 [B, H, D_x], actions [B, H, D_a]), D_x the denoiser's
+    channels (D_s + 2, or D_s + 3 with a weight channel).
     Each step: denoise, inpaint s[0]; policy guidance of the actions with the policy on the predicted states;
     the guide's shift of x0_hat and/or of the posterior mean; the state-change clip in the last steps (after
     guidance); posterior sample; inpaint.
@@ -141,7 +142,7 @@ def sample_windows(
     for h in range(horizon - 1):
         x, _ = _reverse_process(job, eps=eps, prefix=prefix)
         prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
-                         torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim:]], dim=1),
+                         torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim: obs_dim + 2]], dim=1),
                          torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
     # r[H-1], d[H-1] (the transition out of the window's last state) as the last reverse process predicted them
     return prefix.inpaint(x), prefix.actions
@@ -183,7 +184,8 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
 
     horizon = denoiser.horizon
     device = start_obs.device
-    shape_x, shape_a = (batch, horizon, obs_dim + 2), (batch, horizon, act_dim)
+    x_dim = getattr(denoiser, "x_dim", obs_dim + 2)  # D_x: D_s + 3 with a weight channel; any denoiser: D_s + 2
+    shape_x, shape_a = (batch, horizon, x_dim), (batch, horizon, act_dim)
     x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
     a = prefix.fix_actions(torch.randn(shape_a, generator=generator, device=device))
     reparam = eps is not None
@@ -199,7 +201,7 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
             x_in = x.requires_grad_(True) if guide.differentiate_xt else x
             with autocast():
                 x0_hat = denoiser(x_in, scaled_actions, timesteps)
-            x0_hat = prefix.inpaint(x0_hat.float())  # [B, H, D_s + 2]
+            x0_hat = prefix.inpaint(x0_hat.float())  # [B, H, D_x]
 
         # Policy guidance on actions, with the policy evaluated on the predicted clean states.
         states_hat = normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim])  # [B, H, D_s]

@@ -30,3 +30,9 @@ def test_config_keys_override_the_preset():
 def test_bad_config_item_is_a_usage_error_naming_it():
     with pytest.raises(UsageError, match="config.world_model.policy_guidance: policy_guidance='joint' is not allowed; choose one of 'score'"):
         config_of("--config", "world_model.policy_guidance=joint")
+
+
+def test_self_weighted_guide_is_accepted():
+    config = config_of("--guide", "swg", "--scale", "1", "--config", "guidance.swg_weight=exp")
+    assert (config.guide_config.kind, config.guide_config.scale, config.guide_config.swg_weight) == ("swg", 1.0, "exp")
+    assert config.guide_config.enabled and not config.guide_config.resampling
