@@ -80,6 +80,20 @@ def _positive_float(name: str, text: str) -> float:
     return value
 
 
+class _StoreGiven(argparse._StoreAction):
+    """Stores the value and records the flag in `args.explicit_flags`: a flag given on the command line, even at
+    its default value, conflicts with a different `--config` value for the same setting (CONFLICTING_KEYS)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.explicit_flags = (*getattr(namespace, "explicit_flags", ()), self.dest)
+
+
+# flag (args attribute) -> the dotted --config key that sets the same thing
+CONFLICTING_KEYS = {"guide": "guidance.kind", "temperature": "guidance.temperature", "scale": "guidance.scale",
+                    "horizon": "world_model.horizon"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agd-ray", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,18 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--env", default="HalfCheetah-v5",
                        help="MuJoCo task: HalfCheetah-v5, Hopper-v5, Walker2d-v5, Reacher-v5 or InvertedPendulum-v5")
-    train.add_argument("--guide", default="sag",
+    train.add_argument("--guide", default="sag", action=_StoreGiven,
                        help="guidance kind: none (PolyGRAD), sag, eag (AGD: by default one of "
                             "guidance.candidates=4 imagined windows per start state kept in proportion to its "
                             "advantage weight; guidance.method=gradient for the paper's gradient guide), reward "
                             "(Diffuser-style), swg (self-weighted: the model learns a weight channel; --scale 1 is "
                             "the exact tilt), or model-free (plain PPO on real data, the baseline)")
-    train.add_argument("--temperature", default="1.0", help="guidance temperature beta (> 0)")
-    train.add_argument("--scale", default=None, help="guidance scale c (>= 0; default: the guide's default)")
-    train.add_argument("--horizon", type=int, default=None, help="imagined window length H (>= 2; default: preset)")
+    train.add_argument("--temperature", default="1.0", action=_StoreGiven, help="guidance temperature beta (> 0)")
+    train.add_argument("--scale", default=None, action=_StoreGiven,
+                       help="guidance scale c (>= 0; default: the guide's default)")
+    train.add_argument("--horizon", type=int, default=None, action=_StoreGiven,
+                       help="imagined window length H (>= 2; default: preset)")
     train.add_argument("--env-steps", type=int, default=100_000, help="stop after this many real env steps")
     train.add_argument("--seed", type=int, default=0, help="random seed of the whole run")
-    train.add_argument("--output", default=None, help="output directory (default: runs/<env>-<guide>-<seed>)")
+    train.add_argument("--output", default=None,
+                       help="output directory (default: runs/<env>-<guide>-<seed>); a new or empty one, or one "
+                            "holding an earlier run with --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="remove the earlier run in --output before starting (without it a directory holding a "
+                            "run is refused; --resume DIR continues one)")
     train.add_argument("--preset", default=None,
                        help="sizes: cpu (laptop), paper (ALGORITHM.md sizes, GPU) or tiny (smoke tests); "
                             "default: paper if CUDA is present")
@@ -108,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="join a running Ray cluster (e.g. 'auto'); default: start an embedded local Ray")
     train.add_argument("--num-env-runners", type=int, default=None, help="real env runners (default: preset)")
     train.add_argument("--num-cpus", type=int, default=None,
-                       help="logical CPUs of the embedded local Ray (default: the machine's count)")
+                       help="logical CPUs of the embedded local Ray (>= 1; default: the machine's count); a run "
+                            "whose actors need more is refused before Ray starts")
     train.add_argument("--eval-interval", type=int, default=None,
                        help="evaluate the mean action every this many iterations, and on the one reaching --env-steps "
                             "(0: never; default: preset)")
@@ -149,7 +171,8 @@ def resume_args(args):
     directory = pathlib.Path(args.resume)
     defaults = build_parser().parse_args(["train"])
     given = [name for name, value in vars(args).items()
-             if name not in (*RESUME_FLAGS, "resume", "command") and value != getattr(defaults, name)]
+             if name not in (*RESUME_FLAGS, "resume", "command", "explicit_flags")
+             and value != getattr(defaults, name, None)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} cannot be given with --resume; the settings come from {directory / 'config.json'} "
@@ -168,6 +191,7 @@ def resume_args(args):
         if getattr(args, name) != getattr(defaults, name):
             setattr(resumed, name, getattr(args, name))
     resumed.output, resumed.resume, resumed.command = str(directory), str(directory), "train"
+    resumed.explicit_flags, resumed.overwrite = (), False  # the stored settings were checked when the run began
     checkpoint_path(directory)  # refused now, before Ray starts
     return resumed
 
@@ -249,6 +273,9 @@ def check_train_args(args) -> dict:
         raise UsageError(f"num-env-runners={args.num_env_runners!r} is not allowed; it must be >= 0")
     if args.eval_interval is not None and args.eval_interval < 0:
         raise UsageError(f"eval-interval={args.eval_interval!r} is not allowed; it must be >= 0")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UsageError(f"num-cpus={args.num_cpus!r} is not allowed; it must be an integer >= 1 "
+                         f"(logical CPUs of the embedded local Ray; omit it for the machine's count)")
     output = pathlib.Path(args.output or f"runs/{args.env}-{args.guide}-{args.seed}")
     if output.exists() and not output.is_dir():
         raise UsageError(f"output={str(output)!r} exists and is not a directory; give a directory path")
@@ -260,6 +287,14 @@ def check_train_args(args) -> dict:
         overrides = parse_config_items(getattr(args, "config", None) or [])
     except ValueError as error:
         raise UsageError(str(error)) from None
+    flag_values = {"guide": "none" if args.guide == "model-free" else args.guide, "temperature": temperature,
+                   "scale": scale, "horizon": args.horizon}
+    for name in getattr(args, "explicit_flags", ()):
+        key = CONFLICTING_KEYS[name]
+        if key in overrides and overrides[key] != flag_values[name]:
+            flag = getattr(args, name)
+            raise UsageError(f"--{name} {flag} and --config {key}={overrides[key]} set the same setting to different "
+                             f"values; give one of them")
     settings = PRESET_SETTINGS[preset]
     world_model = dict(settings["world_model"])
     if args.horizon is not None:
@@ -332,6 +367,60 @@ def build_config(args, resolved: dict):
     finally:
         rllib_logger.setLevel(level)
     return config
+
+
+# -- resources -------------------------------------------------------------------------------------------------
+def cpu_demand(config) -> tuple[float, dict]:
+    """CPUs Ray must place for a run outside Tune, and what asks for them. The total is
+    `AGD.default_resource_request`'s bundles (what a Tune trial reserves) less the first one, the main process:
+    outside Tune that is this driver (with the local learner), which holds no Ray resources."""
+    from agd_ray.algorithm import AGD
+
+    bundles = AGD.default_resource_request(config).bundles
+    total = sum(float(b.get("CPU", 0)) for b in bundles[1:])
+    per_runner = float(config.num_cpus_per_env_runner or 0)
+    evaluation = config.get_evaluation_config_object()
+    eval_runners = (evaluation.num_env_runners if config.evaluation_interval else 0) or 0
+    parts = {"env runners": (config.num_env_runners, per_runner),
+             "evaluation runners": (eval_runners, float(evaluation.num_cpus_per_env_runner or 0)),
+             "learners": (config.num_learners, float(config.num_cpus_per_learner or 0) if config.num_learners else 0.0)}
+    if config.model_based:
+        training, imagination = config.world_model_training, config.imagination_config
+        parts["world model"] = (1, float(training.num_cpus))
+        if imagination.num_workers > 1:
+            parts["imagination workers"] = (imagination.num_workers,
+                                            float(imagination.worker_resources(training)["num_cpus"]))
+    return total, parts
+
+
+def _cpus(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_local_resources(config, num_cpus: int | None) -> None:
+    """The embedded local Ray (`ray.init(num_cpus=...)`) must hold the run's actors, or Ray waits for them
+    forever: UsageError with the demand, the capacity and sizes that fit, before Ray starts."""
+    capacity = num_cpus or max(2, os.cpu_count() or 2)  # as _run_training starts it
+    total, parts = cpu_demand(config)
+    if total <= capacity:
+        return
+    spare = capacity - total
+    fits = []
+    runners, per_runner = parts["env runners"]
+    if runners and per_runner > 0:
+        fewer = runners + math.floor(spare / per_runner)
+        if fewer >= 0:
+            fits.append(f"--num-env-runners {fewer}")
+    eval_runners, per_eval = parts["evaluation runners"]
+    if eval_runners * per_eval >= -spare:
+        fits.append("--eval-interval 0")
+    if "world model" in parts and parts["world model"][1] >= -spare:
+        fits.append("--config world_model.num_cpus=0")
+    fits.append(f"--num-cpus {math.ceil(total)} (logical CPUs; more than the machine's cores shares them)")
+    asked = ", ".join(f"{name} {count} x {_cpus(each)}" for name, (count, each) in parts.items() if count * each)
+    source = "--num-cpus" if num_cpus else "the machine's count"
+    raise UsageError(f"the run's actors need {_cpus(total)} CPUs ({asked}) but the local Ray has {capacity} "
+                     f"({source}); sizes that fit: {', or '.join(fits)}")
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------
@@ -419,6 +508,46 @@ def plot_learning_curve(rows: list[dict], path: pathlib.Path, title: str) -> Non
     plt.close(fig)
 
 
+def _duration(seconds: float) -> str:
+    """3m10s, 1h05m, 42s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def progress_text(step: int, budget: int, wall_s: float) -> str:
+    """'/30000 (42%) eta 3m10s' after the env-step count: the budget's share reached, and the time left at the
+    run's mean rate so far (wall time over env steps, both counted across --resume)."""
+    share = min(100, int(100 * step / budget))
+    if step >= budget:
+        eta = "0s"
+    elif step > 0 and wall_s > 0:
+        eta = _duration(wall_s / step * (budget - step))
+    else:
+        eta = "-"
+    return f"/{budget} ({share}%) eta {eta}"
+
+
+def idle_iteration_text(previous: dict | None, row: dict, result: dict, previous_result: dict | None) -> str | None:
+    """One line when an iteration added no real env steps (its row's env_steps equal the previous row's), with
+    the reason where the result tells it; None otherwise."""
+    if previous is None or previous.get("env_steps") is None or row.get("env_steps") != previous["env_steps"]:
+        return None
+    reasons = []
+    counters = result.get("agd", {}) if isinstance(result.get("agd"), dict) else {}
+    earlier = (previous_result or {}).get("agd", {})
+    reconnects = _lookup(counters, ("env_runner_reconnects",))
+    before = _lookup(earlier, ("env_runner_reconnects",)) if isinstance(earlier, dict) else None
+    if reconnects is not None and before is not None and reconnects > before:
+        reasons.append(f"{int(reconnects - before)} env runner(s) died and restarted (agd/env_runner_reconnects); "
+                       f"RLlib restarts them and the next iteration samples again")
+    why = "; ".join(reasons) if reasons else "no reason reported (see the env runners' logs under Ray's session dir)"
+    return f"  iteration {int(row.get('iteration') or 0)} took no real env steps: {why}"
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -494,15 +623,59 @@ def train(args) -> int:
         args = resume_args(args)
     resolved = check_train_args(args)
     output: pathlib.Path = resolved["output"]
+    if resuming:
+        finished = finished_run_text(output, args.env_steps)
+        if finished:
+            print(finished, flush=True)
+            return 0
     config = build_config(args, resolved)
+    if not args.address:
+        check_local_resources(config, args.num_cpus)
+    if not resuming:
+        check_output_dir(output, args.overwrite)  # the last check: --overwrite removes nothing on bad input
+        if args.overwrite and output.is_dir() and any(output.iterdir()):
+            import shutil
+
+            shutil.rmtree(output)
+            print(f"agd-ray train: --overwrite: removed the earlier run in {output}", flush=True)
     output.mkdir(parents=True, exist_ok=True)
     if not resuming:
         _write_config(args, resolved, config, output)
     return _run_training(args, resolved, config, output, resuming)
 
 
+# Files and folders `train` writes into --output: a directory holding one of them holds a run.
+RUN_MARKERS = ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint", "checkpoint.old", "checkpoint.tmp")
+
+
+def check_output_dir(output: pathlib.Path, overwrite: bool) -> None:
+    """A new run's --output: new or empty, or holding an earlier run and --overwrite given; UsageError otherwise.
+    --overwrite never removes a directory that holds no run (a mistyped --output must not cost other files)."""
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not any((output / name).exists() for name in RUN_MARKERS):
+        raise UsageError(f"output={str(output)!r} exists, is not empty and holds no agd-ray run (no "
+                         f"{', '.join(RUN_MARKERS[:3])} or checkpoint/); give a new or empty directory "
+                         f"(--overwrite removes only an earlier run)")
+    if not overwrite:
+        raise UsageError(f"output={str(output)!r} exists and holds a run; use --resume {output} to continue it "
+                         f"or --overwrite to replace it")
+
+
+def finished_run_text(directory: pathlib.Path, env_steps: int) -> str | None:
+    """`train --resume DIR` of a run whose checkpoint already has `env_steps` real env steps: the one line
+    that says so (exit status 0, nothing started); None if the run has steps left."""
+    checkpoint = checkpoint_path(directory)
+    reached = int(json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["env_steps"])
+    if reached < env_steps:
+        return None
+    return (f"agd-ray train: {directory} is finished: its checkpoint has {reached} env steps, the budget is "
+            f"--env-steps {env_steps}; to continue it give a larger --env-steps "
+            f"(e.g. agd-ray train --resume {directory} --env-steps {max(2 * env_steps, reached + 1)})")
+
+
 def _write_config(args, resolved, config, output: pathlib.Path) -> None:
-    stored = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    stored = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "overwrite", "explicit_flags")}
     stored["preset"] = resolved["preset"]  # as resolved here (the default depends on CUDA)
     (output / "config.json").write_text(json.dumps(
         {"argv": sys.argv[1:], "args": stored, "preset": resolved["preset"], "guide": args.guide, "env": args.env,
@@ -522,6 +695,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
         ray.init(num_cpus=args.num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     rows: list[dict] = []  # a resumed run's earlier rows come from _truncate_metrics below
+    wall_before, previous_result = 0.0, None
     writer = SummaryWriter(str(output / "tb"))
     start = time.perf_counter()
     algo = config.build_algo()
@@ -537,6 +711,8 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
         print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
               f"env steps {algo._counters['env_steps']}", flush=True)
         rows = _truncate_metrics(output, algo.iteration)
+        # wall_s continues from the checkpoint's row: the ETA counts the whole run's time, not this process's
+        wall_before = float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
     overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
     print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']}"
           f"{_guide_method_text(resolved)} "
@@ -550,7 +726,8 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
             while True:
                 result = algo.train()
                 row = result_row(result)
-                row["wall_s"] = time.perf_counter() - start
+                row["wall_s"] = wall_before + time.perf_counter() - start
+                previous = rows[-1] if rows else None
                 rows.append(row)
                 table.writerow(row)
                 csv_file.flush()
@@ -560,10 +737,15 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 step = int(row["env_steps"] or 0)
                 for name, value in scalars.items():
                     writer.add_scalar(name, value, step)
-                print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}  "
+                print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}"
+                      f"{progress_text(step, args.env_steps, row['wall_s'])}  "
                       f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
                       f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  {_gain_text(row)}"
                       f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
+                idle = idle_iteration_text(previous, row, result, previous_result)
+                if idle:
+                    print(idle, flush=True)
+                previous_result = result
                 if step >= args.env_steps:
                     break
                 if args.checkpoint_every and int(row["iteration"] or 0) % args.checkpoint_every == 0:

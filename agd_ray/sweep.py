@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import math
 import os
 import pathlib
 import sys
@@ -119,8 +120,22 @@ def _fail(where: str, value, allowed: str) -> typing.NoReturn:
     raise ValueError(f"{where}={value!r} is not allowed; {allowed}")
 
 
+# Dotted keys whose value may be infinite (every other float must be finite; nan never is allowed).
+INFINITY_ALLOWED = {"guidance.temperature": "inf switches the guide off", "training.vf_clip_param": "inf: no clamp"}
+
+
+def _check_finite(where: str, key: str, value) -> None:
+    if not isinstance(value, float) or math.isfinite(value):
+        return
+    if math.isinf(value) and key in INFINITY_ALLOWED:
+        return
+    allowed = [f"{k} ({why})" for k, why in INFINITY_ALLOWED.items()]
+    _fail(f"{where}.{key}", value, f"it must be a finite number (only {' and '.join(allowed)} may be inf)")
+
+
 def check_dotted(where: str, key, value, types: dict) -> None:
-    """One dotted key and its value (`where` locates it in the file); the sections check values later."""
+    """One dotted key and its value (`where` locates it in the file); the sections check values later.
+    Floats must be finite, but for the keys in INFINITY_ALLOWED."""
     if not isinstance(key, str):
         _fail(where, key, "keys are strings such as guidance.temperature")
     if key.startswith("training."):
@@ -131,6 +146,7 @@ def check_dotted(where: str, key, value, types: dict) -> None:
         kind, ok, allowed = TRAINING_KEYS[name]
         if not _type_ok(value, kind):
             _fail(f"{where}.{key}", value, f"it must be {_type_name(kind)}")
+        _check_finite(where, key, value)
         if not ok(value):
             _fail(f"{where}.{key}", value, f"it must be {allowed}")
         return
@@ -144,6 +160,7 @@ def check_dotted(where: str, key, value, types: dict) -> None:
     hint, section = types[key]
     if not _type_ok(value, hint):
         _fail(f"{where}.{key}", value, f"it must be {_type_name(hint)}")
+    _check_finite(where, key, value)
     if key not in CROSS_FIELD_KEYS:
         try:  # the section's own check of this one field (the others at their defaults)
             section(**{key.partition(".")[2]: value})

@@ -60,5 +60,6 @@ def test_help_documents_every_flag():
     result = run_cli("train", "--help")
     assert result.returncode == 0
     for flag in ("--env", "--guide", "--temperature", "--env-steps", "--seed", "--output", "--preset", "--address",
-                 "--horizon", "--scale", "--num-env-runners", "--eval-interval", "--checkpoint-every", "--config"):
+                 "--horizon", "--scale", "--num-env-runners", "--eval-interval", "--checkpoint-every", "--config",
+                 "--num-cpus", "--resume", "--overwrite"):
         assert flag in result.stdout
