@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/agd-ray train --env InvertedPendulum-v5 --guide sag --temperature 1.0 \
-		--preset cpu --env-steps 15000 --seed 0 --output runs/make-run \
+		--preset cpu --env-steps 15000 --seed 0 --output runs/make-run --overwrite \
 		--config world_model.policy_guidance=causal imagination.termination=env \
 		world_model.updates_per_env_step=2
 
