@@ -1,7 +1,8 @@
 """Guidance effect on a known linear system: the frontier of gain against cost in time and in consistency.
 
 For each mechanism (the gradient guides at several strengths, the reference code's guide, advantage-weighted
-resampling with K candidates) and each temperature, from the same start states: the gain in the mean n-step
+resampling with K candidates, self-weighted guidance on a model trained with the weight channel) and each temperature, from
+the same start states: the gain in the mean n-step
 advantage under the system's true critic, in standard deviations of the unguided windows' advantage; the imagined
 windows' one-step dynamics residual and reward error against the true system, as ratios to unguided; and the
 sampling time as a ratio to unguided (measured side by side in this run). ALGORITHM.md 3.3, 6 and 7.
@@ -40,6 +41,10 @@ MECHANISMS = {  # name -> GuideConfig fields besides kind and temperature ("refe
     "resample K=16": {"method": "resample", "candidates": 16},
 }
 TEMPERATURES = (2.0, 1.0, 0.5, 0.25)
+# Self-weighted guidance: the weight W = w(A / beta) is a training target, so each (form, temperature) is its own
+# model with the weight channel, trained like the others; sampled at c = 1 (the exact tilt) and c = 4.
+SWG = {"swg c=1": 1.0, "swg c=4": 4.0}
+SWG_FORMS = {"sag": "sigmoid", "eag": "exp"}  # the kind column: SAG's or EAG's weight form
 
 
 def main() -> None:
@@ -90,6 +95,28 @@ def main() -> None:
                 rows.append({"mechanism": name, "kind": kind, "temperature": temperature,
                              "gain_sigma": float(adv.mean() - base_adv.mean()) / spread,
                              "dynamics_ratio": dyn / base_dyn, "reward_ratio": rew / base_rew,
+                             "time_ratio": seconds / base_s})
+
+    for kind, form in SWG_FORMS.items():
+        for temperature in TEMPERATURES:
+            guide = GuideConfig(kind="swg", temperature=temperature, swg_weight=form)
+            swg_model, _ = system.train(cfg.replace(weight_channel=True, return_model_hidden=0), updates=args.updates,
+                                        seed=0, guide=guide)
+            base_swg = swg_model.imagine(start, policy=system.policy, critic=system.critic,
+                                         guide=GuideConfig(kind="none"), generator=torch.Generator().manual_seed(0))
+            base_swg_adv = window_advantages(base_swg, system.critic, system.gamma)
+            base_swg_dyn, base_swg_rew = system.consistency(base_swg)
+            for name, scale in SWG.items():
+                began = time.perf_counter()
+                out = swg_model.imagine(start, policy=system.policy, critic=system.critic,
+                                        guide=guide.replace(scale=scale), generator=torch.Generator().manual_seed(0))
+                seconds = time.perf_counter() - began
+                adv = window_advantages(out, system.critic, system.gamma)
+                dyn, rew = system.consistency(out)
+                # against its own model's unguided windows (same start states and noise), in the same units
+                rows.append({"mechanism": name, "kind": kind, "temperature": temperature,
+                             "gain_sigma": float(adv.mean() - base_swg_adv.mean()) / float(base_swg_adv.std()),
+                             "dynamics_ratio": dyn / base_swg_dyn, "reward_ratio": rew / base_swg_rew,
                              "time_ratio": seconds / base_s})
 
     print(f"trained {args.updates} updates in {train_s:.1f} s; loss {losses[:10].mean():.3f} -> "
