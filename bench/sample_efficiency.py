@@ -59,6 +59,8 @@ METHODS = {
     # the gradient guides at their defaults (the default method before resampling: RESULTS' earlier "sag" rows)
     "sag-gradient": {"guidance.kind": "sag", "guidance.temperature": 1.0, "guidance.method": "gradient"},
     "eag-gradient": {"guidance.kind": "eag", "guidance.temperature": 1.0, "guidance.method": "gradient"},
+    # self-weighted guidance at 4x the exact tilt, its strongest setting within the dynamics (RESULTS.md)
+    "swg": {"guidance.kind": "swg", "guidance.temperature": 1.0, "guidance.scale": 4.0},
     # ours: the causal sampler (world_model.policy_guidance="causal") without and with advantage guidance
     "polygrad-causal": {"guidance.kind": "none", "world_model.policy_guidance": "causal"},
     "sag-causal": {"guidance.kind": "sag", "guidance.temperature": 1.0, "world_model.policy_guidance": "causal"},
@@ -102,7 +104,7 @@ def method_settings(name: str) -> dict:
             value = float(temperature)
         except ValueError:
             value = float("nan")
-        kinds = ("sag", "eag", "reward", "sag-reference", "sag-gradient", "eag-gradient")
+        kinds = ("sag", "eag", "reward", "sag-reference", "sag-gradient", "eag-gradient", "swg")
         if kind not in kinds or not value > 0 or not math.isfinite(value):
             raise ValueError(f"method {name!r} is not allowed; KIND@T takes KIND in {', '.join(kinds)} and a "
                              f"temperature T > 0, e.g. sag@0.3")
