@@ -25,6 +25,7 @@ run: $(STAMP)
 		world_model.updates_per_env_step=2
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)

@@ -17,8 +17,9 @@ The phases overlap (section 5's actor-learner pipelining) while the ratios stay 
 The price is one iteration of world-model staleness: a batch is imagined by the model trained up to the
 previous iteration's real steps (with imagination workers, K > 1, every batch of the iteration, so that they
 imagine while the trainer trains; with K = 1 the trainer is one actor, so a second update's batch in the same
-iteration waits for the training and uses its result). The first iteration imagines after training, as the unpipelined loop does; a restore imagines the batch that
-was pending at save time again (it is not stored) before the next iteration samples.
+iteration waits for the training and uses its result). The first iteration imagines after training, as the
+unpipelined loop does; a restore imagines the batch that was pending at save time again (it is not stored)
+before the next iteration samples.
 `AGDConfig().model_free()` runs PPO's own `training_step` on real data in the same harness.
 """
 
@@ -39,13 +40,13 @@ from ray.rllib.env import INPUT_ENV_SINGLE_SPACES
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import (
+    ALL_MODULES,
     ENV_RUNNER_RESULTS,
     LEARNER_RESULTS,
     LEARNER_UPDATE_TIMER,
     NUM_ENV_STEPS_SAMPLED,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
     NUM_MODULE_STEPS_TRAINED_LIFETIME,
-    ALL_MODULES,
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
     WEIGHTS_SEQ_NO,

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark from the source checkout's bench/ folder",
                                 description="Runs bench/NAME.py with the remaining arguments (see its --help). "
                                             "Benchmarks print a table and write JSON under bench/out/.")
-    bench.add_argument("name", help="imagination, guidance, throughput, sample-efficiency, ... (a file bench/NAME.py, '-' for '_')")
+    bench.add_argument("name", help="imagination, guidance, throughput, sample-efficiency, ... "
+                                     "(a file bench/NAME.py, '-' for '_')")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     return parser
 
@@ -183,7 +184,8 @@ def resume_args(args):
         if not isinstance(stored, dict):
             raise TypeError
     except FileNotFoundError:
-        raise UsageError(f"resume={str(directory)!r} has no {config_file}; give the --output of an earlier train") from None
+        raise UsageError(f"resume={str(directory)!r} has no {config_file}; "
+                         "give the --output of an earlier train") from None
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{config_file} is unreadable or not written by this agd-ray train; cannot resume") from None
     resumed = argparse.Namespace(**{**vars(defaults), **stored})
@@ -739,7 +741,8 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                     writer.add_scalar(name, value, step)
                 print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}"
                       f"{progress_text(step, args.env_steps, row['wall_s'])}  "
-                      f"return {_fmt(row['episode_return_mean'], '8.1f')}  eval {_fmt(row['eval_return_mean'], '8.1f')}  "
+                      f"return {_fmt(row['episode_return_mean'], '8.1f')}  "
+                      f"eval {_fmt(row['eval_return_mean'], '8.1f')}  "
                       f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  {_gain_text(row)}"
                       f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
                 idle = idle_iteration_text(previous, row, result, previous_result)
@@ -828,7 +831,8 @@ def evaluate(args) -> int:
 
     returns = mean_action_returns(resolved["checkpoint"], resolved["env"], args.episodes, seed=args.seed,
                                   on_episode=lambda i, r: print(f"episode {i}: return {r:.1f}", flush=True))
-    print(f"mean return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes ({resolved['env']})")
+    print(f"mean return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
+          f"({resolved['env']})")
     return 0
 
 

@@ -313,7 +313,8 @@ def parse_sweep(data, *, path: str | None = None, default_name: str = "sweep") -
     from agd_ray.envs.core import validate_env_id
 
     if not isinstance(data, dict):
-        raise ValueError(f"a sweep file is a mapping of the keys {', '.join(TOP_LEVEL_KEYS)}; got {type(data).__name__}")
+        raise ValueError(f"a sweep file is a mapping of the keys {', '.join(TOP_LEVEL_KEYS)}; "
+                         f"got {type(data).__name__}")
     unknown = sorted(set(map(str, data)) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}; allowed top-level keys: {', '.join(TOP_LEVEL_KEYS)}")

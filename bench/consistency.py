@@ -83,8 +83,13 @@ def main(argv=None) -> int:
     from agd_ray.envs.termination import terminal_rule, window_terminals
     from agd_ray.imagination import make_critic, make_policy
     from agd_ray.world_model import GuideConfig
-    from agd_ray.world_model.diagnostics import (imagine_with_actions, open_loop_error, simulate_actions,
-                                                 within_start_correlation, within_start_r2)
+    from agd_ray.world_model.diagnostics import (
+        imagine_with_actions,
+        open_loop_error,
+        simulate_actions,
+        within_start_correlation,
+        within_start_r2,
+    )
 
     checkpoint = Path(args.checkpoint)
     env_id = args.env or _env_of(checkpoint)
@@ -165,8 +170,8 @@ def main(argv=None) -> int:
     result["imagination"] = rows
 
     print(f"3. the policy closed loop from the same starts terminates in {result['policy_closed_loop_terminates']:.2f} "
-          f"of the windows with its mean action, {result['policy_samples_closed_loop_terminates']:.2f} with its samples "
-          f"(first row: the checkpoint's own delta)")
+          f"of the windows with its mean action, {result['policy_samples_closed_loop_terminates']:.2f} "
+          f"with its samples (first row: the checkpoint's own delta)")
 
     # 4. do imagined returns follow the actions? K uniform action sequences from each of S starts
     starts, sequences = min(args.response_starts, args.windows), args.response_sequences

@@ -1,9 +1,9 @@
 """Guidance effect on a known linear system: the frontier of gain against cost in time and in consistency.
 
 For each mechanism (the gradient guides at several strengths, the reference code's guide, advantage-weighted
-resampling with K candidates, self-weighted guidance on a model trained with the weight channel) and each temperature, from
-the same start states: the gain in the mean n-step
-advantage under the system's true critic, in standard deviations of the unguided windows' advantage; the imagined
+resampling with K candidates, self-weighted guidance on a model trained with the weight channel) and each
+temperature, from the same start states: the gain in the mean n-step advantage under the system's true critic,
+in standard deviations of the unguided windows' advantage; the imagined
 windows' one-step dynamics residual and reward error against the true system, as ratios to unguided; and the
 sampling time as a ratio to unguided (measured side by side in this run). ALGORITHM.md 3.3, 6 and 7.
 Prints a table, writes JSON and a plot of the frontier.

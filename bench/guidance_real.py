@@ -6,11 +6,13 @@ replay, and for each guide setting the windows imagined from their start states 
 the n-step advantage of the imagined windows and of what the simulator does with the same actions, under the
 checkpoint's own critic, give the imagined and the real gain (guided minus unguided, in standard deviations of
 the unguided windows'), next to the open-loop error of guided and unguided windows and, for resampling, the share
-of the unguided windows' spread that lies within start states (what a choice among a start's candidates can act on). An imagined gain that does not
-appear on the simulator is value the model hallucinated (ALGORITHM.md 7). Also draws, for a few windows, imagined
+of the unguided windows' spread that lies within start states (what a choice among a start's candidates can act
+on). An imagined gain that does not appear on the simulator is value the model hallucinated (ALGORITHM.md 7).
+Also draws, for a few windows, imagined
 against simulated state trajectories, guided and unguided.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/guidance_real.py CHECKPOINT [--windows 128] [--out bench/out/guidance_real.json]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/guidance_real.py CHECKPOINT [--windows 128] \\
+        [--out bench/out/guidance_real.json]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
     from agd_ray.imagination import make_critic, make_policy
     from agd_ray.world_model import GuideConfig
     from agd_ray.world_model.diagnostics import guidance_effect
+
     from consistency import _env_of, load
 
     checkpoint = Path(args.checkpoint)

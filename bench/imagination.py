@@ -181,8 +181,9 @@ def cpu_name() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'batch':>5} {'size':>5} {'steps':>11} {'guide':>5} {'rule':>7} {'s/imagine':>9} {'trans/s':>9} {'calls/s':>8} "
-            f"{'MFLOP/call':>10} {'GFLOP/s':>7} {'ceil':>5} {'%ceil':>5} {'den%':>4} {'pol%':>4} {'crit%':>5} {'other%':>6}")
+    head = (f"{'batch':>5} {'size':>5} {'steps':>11} {'guide':>5} {'rule':>7} {'s/imagine':>9} {'trans/s':>9} "
+            f"{'calls/s':>8} {'MFLOP/call':>10} {'GFLOP/s':>7} {'ceil':>5} {'%ceil':>5} {'den%':>4} {'pol%':>4} "
+            f"{'crit%':>5} {'other%':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         steps = f"{r['steps']} {r['sampling_steps']}" + ("" if r["measured_steps"] == r["sampling_steps"]
@@ -280,7 +281,8 @@ def main(argv=None) -> None:
         "matmul_ceiling_gflops": ceiling, "matmul_ceiling_gflops_after": ceiling_after,
         "matmul_ceiling_shape": "2048 x 2048 @ 2048 x 2048 float32",
         "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "horizon": HORIZON, "diffusion_steps": DIFFUSION_STEPS,
-        "load_average_1min_start": load_start, "repeats": args.repeats, "budget_s": args.budget, "wall_s": time.perf_counter() - wall,
+        "load_average_1min_start": load_start, "repeats": args.repeats, "budget_s": args.budget,
+        "wall_s": time.perf_counter() - wall,
         "notes": "FLOPs: denoiser forward only; transitions = batch x H; sag uses grad_wrt=x0 (denoiser not "
                  "differentiated); rows with measured_steps < sampling_steps are timed over measured_steps "
                  "and scaled by sampling_steps / measured_steps.",
@@ -290,7 +292,8 @@ def main(argv=None) -> None:
           f"load average {load_start:.1f} at the start; wall {meta['wall_s']:.0f} s")
     print(format_table(rows))
     print("steps 'full 128/k': timed over k reverse steps and scaled to 128. GFLOP/s: denoiser forward FLOPs / "
-          "denoiser time; ceil: 2048^3 float32 matmul GFLOP/s measured just before the row; %ceil: GFLOP/s of ceil; den/pol/crit/other: share of the imagine wall time.")
+          "denoiser time; ceil: 2048^3 float32 matmul GFLOP/s measured just before the row; %ceil: GFLOP/s of ceil; "
+          "den/pol/crit/other: share of the imagine wall time.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

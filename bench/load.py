@@ -2,7 +2,8 @@
 
 N `AGDEnvRunner` actors (RLlib's env runner with agd-ray's streaming, as the training loop creates them) sample
 uniformly random actions as fast as they can, each `sample()` call's transitions sent to the replay actor as
-msgpack chunks and acknowledged, then its metrics collected (as the training loop does); the replay's capacity is a fraction of what streams in, so it wraps many times.
+msgpack chunks and acknowledged, then its metrics collected (as the training loop does); the replay's capacity is
+a fraction of what streams in, so it wraps many times.
 Every few seconds: env steps/s, replay size, and the resident memory (RSS) of the replay actor and the runners.
 At the end: every stream's last accepted chunk seq_no against the chunks its runner sent, gaps, duplicates,
 rejected chunks, and transitions added against transitions sampled (nothing lost, nothing twice).

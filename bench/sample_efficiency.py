@@ -1,8 +1,8 @@
 """Sample efficiency: evaluation return against real env steps for every method, through the Tune harness.
 
 Methods (`--methods`, default the first six, `DEFAULT_METHODS`): `ppo` (model-free PPO on real data),
-`polygrad` (guide none: policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and `eag` (advantage
-guidance at agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings,
+`polygrad` (guide none: policy-guided actions, no state guidance), `reward` (Diffuser-style reward guide), `sag` and
+`eag` (advantage guidance at agd-ray's defaults, temperature 1), `sag-reference` (the reference code's guide settings,
 ALGORITHM.md 3, `GuideConfig.reference`); `polygrad-causal` and `sag-causal` (the causal sampler,
 `world_model.policy_guidance="causal"`); `sag-envterm`, `polygrad-causal-envterm` and `sag-causal-envterm`
 (the same with terminations by the task's own rule, `imagination.termination="env"`); `simulator` (the
@@ -115,7 +115,8 @@ def method_settings(name: str) -> dict:
 
 
 def build_spec(args):
-    """The `agd_ray.sweep.SweepSpec` these arguments describe, checked by `agd_ray.sweep.parse_sweep` (every trial's config)."""
+    """The `agd_ray.sweep.SweepSpec` these arguments describe, checked by `agd_ray.sweep.parse_sweep` (every
+    trial's config)."""
     from agd_ray.cli import PRESET_SETTINGS
     from agd_ray.sweep import parse_config_items, parse_sweep
 
@@ -327,7 +328,8 @@ def _method_order(method: str):
 def write_curves(trials: list[dict], path: Path) -> int:
     """Every evaluated iteration of every trial (and the quality measurements), one CSV row each."""
     horizon = max((len(r.get("open_loop_mse_guided_by_step") or []) for t in trials for r in t["rows"]), default=0)
-    step_columns = [f"{kind}_h{h}" for kind in ("open_loop_guided", "open_loop_unguided") for h in range(1, horizon + 1)]
+    step_columns = [f"{kind}_h{h}" for kind in ("open_loop_guided", "open_loop_unguided")
+                    for h in range(1, horizon + 1)]
     count = 0
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -524,7 +526,8 @@ def report(root: Path, *, env: str, env_steps: int, eval_every: int, fixed_steps
         f"seeds; final checkpoint: each trial's checkpoint at the budget run for {_final_episodes(trials)} "
         f"episodes (mean action, `--final-episodes`; in brackets the seeds it has where fewer), mean ± std over "
         f"seeds; p (final > ppo): one-sided permutation test of the method's final returns (one per seed) against "
-        f"model-free PPO's; AUC: its mean over [{eval_every}, {env_steps}]; best: the best evaluation, mean over seeds; "
+        f"model-free PPO's; AUC: its mean over [{eval_every}, {env_steps}]; "
+        f"best: the best evaluation, mean over seeds; "
         f"open-loop MSE: mean over imagined steps 1..H-1 at the last measurement.\n\n"
         f"## Advantage gain by guide and temperature\n\n{gains}\n")
     result = {"env": env, "env_steps": env_steps, "eval_every": eval_every, "fixed_steps": fixed_steps,
@@ -557,7 +560,8 @@ def main(argv=None) -> int:
                         "(rounded to whole iterations of the preset's batch)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (None: the preset's)")
     parser.add_argument("--fixed-steps", type=int, nargs="+", default=None,
-                        help="env steps of the table's columns (None: a quarter, half, three quarters and all of --env-steps)")
+                        help="env steps of the table's columns "
+                             "(None: a quarter, half, three quarters and all of --env-steps)")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted keys for every trial, e.g. guidance.grad_wrt=xt imagination.batch_size=512")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")

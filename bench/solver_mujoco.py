@@ -8,7 +8,8 @@ steps 1..H-1), its ratio to the full chain (K = N, eta = 1), the action z mean /
 returned states, and the seconds per imagine call. The fewest reverse steps within `--tolerance` of the full chain
 is printed at the end. Prints a table, writes JSON.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/solver_mujoco.py CHECKPOINT [--windows 256] [--out bench/out/solver_mujoco.json]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/solver_mujoco.py CHECKPOINT [--windows 256] \\
+        [--out bench/out/solver_mujoco.json]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     from agd_ray.imagination import make_policy
     from agd_ray.world_model import GuideConfig, WorldModel
     from agd_ray.world_model.diagnostics import action_z_stats, open_loop_error
+
     from consistency import _env_of, load
 
     checkpoint = Path(args.checkpoint)

@@ -6,7 +6,8 @@ In one local Ray session:
    on actors (`agd/wait_s/*`: ray.get of imagination and training results, weights get/put/sync, replay size);
 2. per env: real sampling through `synchronous_parallel_sample`, as each loop does it, side by side and
    interleaved: AGD's env runner (streams every step to the replay actor, returns no episodes) against plain
-   RLlib PPO (`PPOConfig`, `SingleAgentEnvRunner`, episodes back to the driver), same env, RLlib's default module (the preset's);
+   RLlib PPO (`PPOConfig`, `SingleAgentEnvRunner`, episodes back to the driver), same env, RLlib's default module
+   (the preset's);
 3. imagined transitions/s of `ImaginationPool` with K = 1 (the trainer imagines) and K = 2 imagination actors,
    preset world-model size, HalfCheetah dims, measured at the driver (request -> merged answer).
 

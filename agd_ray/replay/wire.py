@@ -160,7 +160,8 @@ def decode_chunk(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
         if "max_ext_len" in str(error):  # max_ext_len=0 refuses every ext type, timestamps included
             raise WireError("chunk: contains a msgpack ext type; allowed: no ext types") from None
         detail = f"{type(error).__name__}: {error}"[:160]
-        raise WireError(f"chunk: not a valid msgpack message ({detail}); allowed: a map as encode_chunk writes") from None
+        raise WireError(f"chunk: not a valid msgpack message ({detail}); "
+                        "allowed: a map as encode_chunk writes") from None
 
     if not isinstance(message, dict):
         raise WireError(f"chunk: top level is {type(message).__name__}; allowed: a msgpack map")
@@ -192,7 +193,8 @@ def _decode_array(name: str, entry) -> np.ndarray:
         or len(shape) != len(symbols)
         or any(type(s) is not int or s < 0 for s in shape)
     ):
-        raise WireError(f"field {name!r}: shape {shape!r:.80}; allowed: {len(symbols)} non-negative ints {list(symbols)}")
+        raise WireError(f"field {name!r}: shape {shape!r:.80}; "
+                        f"allowed: {len(symbols)} non-negative ints {list(symbols)}")
     raw = entry["data"]
     if not isinstance(raw, bytes):
         raise WireError(f"field {name!r}: data is {type(raw).__name__}; allowed: bin bytes")

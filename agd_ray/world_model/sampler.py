@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from agd_ray.world_model.guidance import GuideInputs, Policy, Critic, policy_score_step
+from agd_ray.world_model.guidance import Critic, GuideInputs, Policy, policy_score_step
 from agd_ray.world_model.normalizer import NormalizerSnapshot
 from agd_ray.world_model.schedule import ReverseStep
 

@@ -30,7 +30,9 @@ def test_smoke_sweep_end_to_end(tmp_path, local_ray):
         assert row["method"] == "sag"
         assert row["iterations"] == spec.max_iterations
         assert row["env_steps"] >= spec.config["training.train_batch_size_per_learner"] * spec.max_iterations
-        assert row["final_eval_return"] is not None and row["best_eval_return"] >= row["final_eval_return"]
+        # Both measured; which evaluation each one is: test_sweep_spec.py (best is their max, so best >= final
+        # could not fail here).
+        assert row["final_eval_return"] is not None and row["best_eval_return"] is not None
         assert row["wall_s"] > 0
 
     directory = tmp_path / spec.name

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from agd_ray import cli
-from agd_ray.cli import UsageError, build_config, build_parser, check_train_args, main
+from agd_ray.cli import build_config, build_parser, check_train_args, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--env", "InvertedPendulum-v5", "--preset", "tiny", "--env-steps", "1000"]

@@ -28,7 +28,8 @@ def test_config_keys_override_the_preset():
 
 
 def test_bad_config_item_is_a_usage_error_naming_it():
-    with pytest.raises(UsageError, match="config.world_model.policy_guidance: policy_guidance='joint' is not allowed; choose one of 'score'"):
+    with pytest.raises(UsageError, match="config.world_model.policy_guidance: policy_guidance='joint' is not allowed; "
+                                         "choose one of 'score'"):
         config_of("--config", "world_model.policy_guidance=joint")
 
 

@@ -1,27 +1,51 @@
 """AGDConfig: sections, validation messages, the model-free switch, dotted keys for Tune."""
 
+import functools
 import math
+import pathlib
+import re
 
 import pytest
 
 from agd_ray.algorithm import AGD
 from agd_ray.config import AGDConfig, ImaginationConfig, ReplayConfig, WorldModelTrainingConfig
 from agd_ray.envs.runner import AGDEnvRunner
-from agd_ray.world_model.config import GuideConfig, WorldModelConfig
+
+ALGORITHM_MD = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "ALGORITHM.md").read_text()
 
 
-def test_defaults_follow_algorithm_md():
+def _documented(pattern: str) -> tuple[float, ...]:
+    """The numbers `pattern` captures in docs/ALGORITHM.md (exactly one match)."""
+    matches = re.findall(pattern, ALGORITHM_MD)
+    assert len(matches) == 1, (pattern, matches)
+    groups = matches[0] if isinstance(matches[0], tuple) else (matches[0],)
+    return tuple(float(g) for g in groups)
+
+
+@pytest.mark.parametrize("pattern, fields", [
+    (r"gamma ([\d.]+), GAE lambda ([\d.]+)", ("gamma", "lambda_")),
+    (r"`prefill_steps` uniformly random steps \(reference: (\d+)\)", ("replay_config.prefill_steps",)),
+    (r"updates per real env step \(reference: ([\d.]+), batch (\d+)\)",
+     ("world_model_training.updates_per_env_step", "world_model_config.batch_size")),
+    (r"`pretrain_updates` updates \(reference: (\d+)\)", ("world_model_training.pretrain_updates",)),
+    (r"reference: (\d+) windows of H=(\d+)", ("imagination_config.batch_size", "world_model_config.horizon")),
+    (r"`N = (\d+)` diffusion steps", ("world_model_config.diffusion_steps",)),
+    (r"Paper size: hidden (\d+), L = (\d+)", ("world_model_config.hidden_dim", "world_model_config.num_layers")),
+    (r"Adam ([\d.e-]+), batch (\d+)", ("world_model_config.lr", "world_model_config.batch_size")),
+    (r"EMA of the weights \(decay ([\d.]+), updated every (\d+) steps, from step (\d+)\)",
+     ("world_model_config.ema_decay", "world_model_config.ema_every", "world_model_config.ema_start")),
+])
+def test_defaults_are_the_values_algorithm_md_states(pattern, fields):
+    """The doc and the code must not drift apart: each default equals the number ALGORITHM.md gives for it."""
     config = AGDConfig()
-    assert config.algo_class is AGD
-    assert config.env_runner_cls is AGDEnvRunner
-    assert config.model_based
-    assert (config.gamma, config.lambda_) == (0.99, 0.9)
-    assert config.world_model_config == WorldModelConfig()
-    assert config.guide_config == GuideConfig(kind="sag")
-    assert config.world_model_training.updates_per_env_step == 1.0
-    assert config.world_model_training.pretrain_updates == 1000
-    assert config.imagination_config.batch_size == 1024
-    assert (config.replay_config.capacity, config.replay_config.prefill_steps) == (1_000_000, 5000)
+    values = tuple(float(functools.reduce(getattr, name.split("."), config)) for name in fields)
+    assert values == _documented(pattern), fields
+
+
+def test_defaults_build_a_valid_model_based_agd_run():
+    config = AGDConfig()
+    assert config.algo_class is AGD and config.env_runner_cls is AGDEnvRunner and config.model_based
+    config.environment("InvertedPendulum-v5").validate()  # the defaults are consistent with each other
 
 
 def test_public_api_chain_from_architecture_md():
@@ -31,9 +55,22 @@ def test_public_api_chain_from_architecture_md():
               .world_model(hidden_dim=1024, num_layers=6, horizon=10, diffusion_steps=128, sampling_steps=128)
               .imagination(batch_size=1024, num_workers=1)
               .replay(capacity=1_000_000, prefill_steps=5000))
-    assert config.world_model_config.hidden_dim == 1024
-    assert config.guide_config.temperature == 1.0
     config.validate()
+    # Every value there is a default, so each section must equal the default one; the setters are checked below.
+    default = AGDConfig()
+    for section in ("guide_config", "world_model_config", "imagination_config", "replay_config"):
+        assert getattr(config, section) == getattr(default, section), section
+    # The same chain with a non-default value for every key: each lands in its own field.
+    config = (AGDConfig()
+              .guidance(kind="eag", temperature=0.5)
+              .world_model(hidden_dim=64, num_layers=2, horizon=4, diffusion_steps=32, sampling_steps=8)
+              .imagination(batch_size=96, num_workers=3)
+              .replay(capacity=5000, prefill_steps=200))
+    assert (config.guide_config.kind, config.guide_config.temperature) == ("eag", 0.5)
+    wm = config.world_model_config
+    assert (wm.hidden_dim, wm.num_layers, wm.horizon, wm.diffusion_steps, wm.sampling_steps) == (64, 2, 4, 32, 8)
+    assert (config.imagination_config.batch_size, config.imagination_config.num_workers) == (96, 3)
+    assert (config.replay_config.capacity, config.replay_config.prefill_steps) == (5000, 200)
 
 
 def test_sections_are_frozen_and_replaced_not_mutated():

@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
-from agd_ray.world_model.diagnostics import (action_z_stats, advantage_gain, collect_windows, imagine_with_actions,
-                                             open_loop_error, simulate_actions, within_start_correlation,
-                                             within_start_r2)
+from agd_ray.world_model.diagnostics import (
+    action_z_stats,
+    advantage_gain,
+    collect_windows,
+    imagine_with_actions,
+    open_loop_error,
+    simulate_actions,
+    within_start_correlation,
+    within_start_r2,
+)
 
 HORIZON = 8
 
@@ -115,7 +122,8 @@ def _critic(obs):
     return -(obs**2).sum(dim=-1)
 
 
-@pytest.mark.parametrize("guide", [GuideConfig(kind="sag", method="gradient", scale=0.0), GuideConfig(kind="eag", method="gradient", temperature=math.inf)])
+@pytest.mark.parametrize("guide", [GuideConfig(kind="sag", method="gradient", scale=0.0),
+                                   GuideConfig(kind="eag", method="gradient", temperature=math.inf)])
 def test_advantage_gain_of_a_disabled_guide_is_exactly_zero(guide):
     wm = _tiny_model()
     start = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
@@ -140,7 +148,8 @@ def test_advantage_gain_of_an_active_guide_is_nonzero_and_repeatable():
 ])
 def test_simulate_actions_reproduces_the_real_windows(env_id, policy):
     """Replaying a real window's actions from its start state reproduces its rewards, terminals and next
-    observations, the padding after a termination included (ALGORITHM.md 1); K copies of a sequence give K equal rows."""
+    observations, the padding after a termination included (ALGORITHM.md 1); K copies of a sequence give K equal
+    rows."""
     w = collect_windows(env_id, num_windows=3, horizon=HORIZON + 1, seed=4, policy=policy)
     actions = np.repeat(w["actions"][:, None, :HORIZON], 2, axis=1)  # [S, K=2, H, D_a]
     out = simulate_actions(env_id, w["qpos"], w["qvel"], actions)

@@ -9,8 +9,8 @@ import torch
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig
 from agd_ray.world_model.config import GuideConfig as _GC
 from agd_ray.world_model.guidance import AdvantageGuide, GuideInputs, NoGuide
-from agd_ray.world_model.sampler import SamplerSettings, sample_windows
 from agd_ray.world_model.normalizer import NormalizerSnapshot
+from agd_ray.world_model.sampler import SamplerSettings, sample_windows
 from agd_ray.world_model.schedule import DiffusionSchedule, ReverseStep, posterior_coefficients
 
 DS, DA, H, B = 4, 2, 5, 16
@@ -46,7 +46,8 @@ def _start(seed=2):
 
 
 def _imagine(wm, guide, seed=0):
-    return wm.imagine(_start(), policy=policy, critic=critic, guide=guide, generator=torch.Generator().manual_seed(seed))
+    return wm.imagine(_start(), policy=policy, critic=critic, guide=guide,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def test_shapes_dtypes_and_exact_start_states(model):
@@ -126,7 +127,8 @@ def test_strided_with_k_equal_n_equals_the_full_sampler(model):
     common = dict(act_dim=DA, policy=policy, critic=critic, normalizer=norm, delta=0.01,
                   settings=SamplerSettings(0.25, 10, 3.0), guide=AdvantageGuide(_GC(kind="sag", method="gradient"), DS))
     start = norm.normalize("observations", _start())
-    x_full, a_full = sample_windows(model.ema_denoiser, full, start, generator=torch.Generator().manual_seed(0), **common)
+    x_full, a_full = sample_windows(model.ema_denoiser, full, start, generator=torch.Generator().manual_seed(0),
+                                    **common)
     x_str, a_str = sample_windows(model.ema_denoiser, strided, start, generator=torch.Generator().manual_seed(0),
                                   **common)
     torch.testing.assert_close(x_str, x_full, rtol=1e-5, atol=1e-5)
@@ -145,8 +147,9 @@ def test_strided_sampler_runs_k_denoiser_calls(model):
 
 @pytest.mark.parametrize("grad_wrt", ["x0", "xt"])
 def test_all_guide_kinds_and_modes_produce_finite_windows(model, grad_wrt):
-    for guide in (GuideConfig(kind="sag", method="gradient", grad_wrt=grad_wrt), GuideConfig(kind="eag", method="gradient", grad_wrt=grad_wrt),
-                  GuideConfig(kind="reward"), GuideConfig.reference("sag").replace(grad_wrt=grad_wrt)):
+    for guide in (GuideConfig(kind="sag", method="gradient", grad_wrt=grad_wrt),
+                  GuideConfig(kind="eag", method="gradient", grad_wrt=grad_wrt), GuideConfig(kind="reward"),
+                  GuideConfig.reference("sag").replace(grad_wrt=grad_wrt)):
         out = _imagine(model, guide)
         assert all(torch.isfinite(out[k]).all() for k in ("observations", "actions", "rewards")), guide
 
@@ -173,7 +176,8 @@ def test_imagined_actions_stay_within_k_sigma_of_the_policy_at_the_returned_stat
     sharp = lambda s: (torch.tanh(s[..., :DA]), torch.full(s.shape[:-1] + (DA,), 0.01))  # noqa: E731
     wm = WorldModel(DS, DA, model.config, seed=0)
     wm.load_state_dict(model.state_dict() | {"log_delta": math.log(delta)})
-    out = wm.imagine(_start(), policy=sharp, critic=critic, guide=GuideConfig(kind="eag", method="gradient", temperature=0.3),
+    out = wm.imagine(_start(), policy=sharp, critic=critic,
+                     guide=GuideConfig(kind="eag", method="gradient", temperature=0.3),
                      generator=torch.Generator().manual_seed(0))
     mean, std = sharp(out["observations"])
     z = (out["actions"] - mean) / std
@@ -229,7 +233,8 @@ def _reparam_model(model, **changes):
     return wm
 
 
-@pytest.mark.parametrize("guide", [GuideConfig(kind="none"), GuideConfig(kind="sag", method="gradient", temperature=0.3)])
+@pytest.mark.parametrize("guide", [GuideConfig(kind="none"),
+                                   GuideConfig(kind="sag", method="gradient", temperature=0.3)])
 def test_reparam_actions_are_exact_policy_samples_at_the_returned_states(model, guide):
     """policy_guidance="reparam": a = mu(s) + sigma(s) eps at the states returned, with eps ~ N(0, I) drawn once
     per window (so z is standard normal: a statistical check over many pairs), for any delta."""
@@ -302,7 +307,8 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
 
     wm.ema_denoiser.forward = recording
     start = torch.randn(256, DS, generator=torch.Generator().manual_seed(4)) * 2 + 1
-    out = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
+    out = wm.imagine(start, policy=policy, critic=critic,
+                     guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
                      generator=torch.Generator().manual_seed(0))
     del wm.ema_denoiser.forward
     k = len(wm._reverse_steps)
@@ -321,7 +327,8 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
     z = ((out["actions"] - mean) / std).reshape(-1)
     n = z.numel()
     assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.std().item() - 1) < 4 / math.sqrt(2 * n)
-    again = wm.imagine(start, policy=policy, critic=critic, guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
+    again = wm.imagine(start, policy=policy, critic=critic,
+                       guide=GuideConfig(kind="sag", method="gradient", temperature=0.3),
                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(again["observations"], out["observations"]) and torch.equal(again["actions"], out["actions"])
 

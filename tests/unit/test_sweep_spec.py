@@ -160,6 +160,33 @@ def test_trial_history_reads_every_result_once(tmp_path):
     assert trial_history(tmp_path / "missing") == []
 
 
+
+def test_summary_row_takes_the_best_and_the_last_measured_evaluation(tmp_path):
+    """Evaluations 5, 9, 7 at iterations 2, 4, 6 (RLlib repeats the last one in between): best 9, final 7, so a
+    swap of the two, a first-instead-of-last, or counting a repeated value as measured all fail."""
+    import json
+    import types
+
+    from agd_ray.sweep import summary_rows
+
+    evaluations = {2: 5.0, 4: 9.0, 6: 7.0}
+    lines, repeated = [], None
+    for iteration in range(1, 7):
+        repeated = evaluations.get(iteration, repeated)
+        result = {"training_iteration": iteration, "agd": {"env_steps_lifetime": 100 * iteration},
+                  "config": {"evaluation_interval": 2}, "time_total_s": 12.34,
+                  "env_runners": {"episode_return_mean": float(iteration)}}
+        if repeated is not None:
+            result["evaluation"] = {"env_runners": {"episode_return_mean": repeated}}
+        lines.append(json.dumps(result))
+    (tmp_path / "result.json").write_text("\n".join(lines))
+    trial = types.SimpleNamespace(config={"seed": 3, "guidance.kind": "sag", "guidance.temperature": 0.5},
+                                  metrics=json.loads(lines[-1]), path=str(tmp_path), error=None)
+    (row,) = summary_rows([trial])
+    assert (row["final_eval_return"], row["best_eval_return"]) == (7.0, 9.0)
+    assert (row["final_train_return"], row["env_steps"], row["iterations"]) == (6.0, 600, 6)
+    assert (row["guide"], row["temperature"], row["seed"], row["status"]) == ("sag", 0.5, 3, "done")
+
 def test_command_line_config_items_read_as_yaml_and_are_checked_as_a_files():
     from agd_ray.sweep import parse_config_items, parse_value
 

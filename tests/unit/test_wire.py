@@ -6,8 +6,7 @@ import hashlib
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from agd_ray.replay.buffer import ReplayBuffer

@@ -118,7 +118,8 @@ def test_state_dict_round_trip_continues_identically(trained):
     wm, _, start = trained
     clone = WorldModel(DS, DA, wm.config, seed=123)
     clone.load_state_dict(wm.state_dict())
-    a, b = imagine(wm, start[:32], GuideConfig(kind="sag", method="gradient")), imagine(clone, start[:32], GuideConfig(kind="sag", method="gradient"))
+    guide = GuideConfig(kind="sag", method="gradient")
+    a, b = imagine(wm, start[:32], guide), imagine(clone, start[:32], guide)
     assert torch.equal(a["observations"], b["observations"]) and clone.delta == wm.delta
     batch = rollout(64, np.random.default_rng(5))
     before = {k: v.clone() for k, v in wm.denoiser.state_dict().items()}
