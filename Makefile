@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/agd-ray train --env InvertedPendulum-v5 --guide sag --temperature 1.0 \
 		--preset cpu --env-steps 15000 --seed 0 --output runs/make-run --overwrite \
 		--config world_model.policy_guidance=causal imagination.termination=env \
-		world_model.updates_per_env_step=2
+		world_model.updates_per_env_step=2 guidance.method=gradient
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -145,6 +145,9 @@ class GuideConfig(_Config):
     temperature: float = 1.0  # beta > 0; math.inf switches the advantage guide off exactly
     method: str = "resample"  # sag/eag: resample (K candidates, one kept by weight; ours) or gradient (the paper's)
     candidates: int = 4  # K, unguided candidate windows per start state (method resample); 1 is PolyGRAD exactly
+    # resample: clip the (normalised) advantage to [-c, c] before the weight, bounding any two windows' weight ratio
+    # (None: no clip). Without it a window with an imagined fall is almost never kept (docs/RESULTS.md).
+    advantage_clip: float | None = None
     scale: float = 0.1  # c >= 0; 0 switches the guide off exactly (x0 classifier steps diverge past ~0.3, RESULTS.md)
     scale_mode: str = "classifier"  # classifier: mu += c*var*g (ours); reference: x0 += c*var**2*g
     advantage: str = "gae"  # td1 (reference) or gae (ours)
@@ -166,6 +169,9 @@ class GuideConfig(_Config):
                     isinstance(self.temperature, (int, float)) and self.temperature > 0, "> 0 (inf: no guidance)")
         check_field("scale", self.scale, self.scale >= 0 and math.isfinite(self.scale), "finite and >= 0")
         check_choice("method", self.method, GUIDE_METHODS)
+        check_field("advantage_clip", self.advantage_clip,
+                    self.advantage_clip is None or (isinstance(self.advantage_clip, (int, float))
+                                                    and 0 < self.advantage_clip < math.inf), "None or finite and > 0")
         check_field("candidates", self.candidates,
                     isinstance(self.candidates, int) and not isinstance(self.candidates, bool)
                     and 1 <= self.candidates <= MAX_CANDIDATES, f"an integer in [1, {MAX_CANDIDATES}]")

@@ -112,9 +112,13 @@ def resample_log_weights(advantages: torch.Tensor, config: GuideConfig) -> torch
 
     With `normalize_advantage` A is first divided by its within-start spread (`within_start_spread`, detached), so
     that beta = 1 means one (robust) standard deviation of what the choice among candidates can gain, on every task.
+    With `advantage_clip` c, A (normalised or not) is then clipped to [-c, c]: no window's weight is more than
+    w(c / beta) / w(-c / beta) times another's, so a window the model imagines falling is kept less often, not never.
     """
     if config.normalize_advantage:
         advantages = advantages / within_start_spread(advantages.detach())
+    if config.advantage_clip is not None:
+        advantages = advantages.clamp(-config.advantage_clip, config.advantage_clip)
     return LOG_WEIGHTS[config.kind](advantages, config.temperature)
 
 

@@ -170,7 +170,22 @@ def test_advantage_gain_of_resampling_compares_with_its_own_candidates(model):
         ((kept.mean() - adv.mean()) / adv.std()).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(candidates=0), dict(candidates=257), dict(candidates=2.5),
+def test_advantage_clip_bounds_the_weight_ratio_and_leaves_the_bulk_alone():
+    """With advantage_clip c, a window far below its start's others (a fall) keeps weight w(-c / beta): its chance of
+    being kept among K candidates has the closed form w(-c/b) / (w(-c/b) + (K-1) w(0)) when the others sit at 0; the
+    windows inside [-c, c] keep their weights exactly."""
+    adv = torch.tensor([[-1000.0, 0.0, 0.0, 0.0], [0.5, -0.5, 0.25, -0.25]], dtype=torch.float64)
+    for kind, w in (("eag", lambda x: math.exp(x)), ("sag", lambda x: 1 / (1 + math.exp(-x)))):
+        config = GuideConfig(kind=kind, temperature=0.5, normalize_advantage=False, advantage_clip=2.0)
+        p = torch.softmax(resample_log_weights(adv, config), dim=1)
+        assert p[0, 0].item() == pytest.approx(w(-4.0) / (w(-4.0) + 3 * w(0.0)), rel=1e-12)
+        unclipped = torch.softmax(resample_log_weights(adv, config.replace(advantage_clip=None)), dim=1)
+        torch.testing.assert_close(p[1], unclipped[1])
+        assert unclipped[0, 0].item() < 1e-100
+
+
+@pytest.mark.parametrize("bad", [dict(advantage_clip=0.0), dict(advantage_clip=float("inf")),
+                                 dict(advantage_clip=-1.0), dict(candidates=0), dict(candidates=257), dict(candidates=2.5),
                                  dict(candidates=True), dict(method="sgd"), dict(temperature=-1.0),
                                  dict(temperature=float("nan"))])
 def test_bad_resampling_settings_are_refused_by_name(bad):
