@@ -185,7 +185,8 @@ def test_advantage_clip_bounds_the_weight_ratio_and_leaves_the_bulk_alone():
 
 
 @pytest.mark.parametrize("bad", [dict(advantage_clip=0.0), dict(advantage_clip=float("inf")),
-                                 dict(advantage_clip=-1.0), dict(candidates=0), dict(candidates=257), dict(candidates=2.5),
+                                 dict(advantage_clip=-1.0), dict(candidates=0), dict(candidates=257),
+                                 dict(candidates=2.5),
                                  dict(candidates=True), dict(method="sgd"), dict(temperature=-1.0),
                                  dict(temperature=float("nan"))])
 def test_bad_resampling_settings_are_refused_by_name(bad):
