@@ -456,7 +456,9 @@ class AGD(PPO):
         seq_no = int(state.get(WEIGHTS_SEQ_NO, 0))
         ref = ray.put(state[COMPONENT_RL_MODULE][DEFAULT_MODULE_ID])
         self._module_state = (seq_no, [ref])
-        if not self._imagination.workers:  # the trainer imagines: it needs the policy and critic
+        # The trainer needs the policy and critic when it imagines, and the critic when it computes the self-weighted
+        # guide's training weights (every batch, with the current critic) even when workers imagine.
+        if not self._imagination.workers or self.config.guide_config.kind == "swg":
             self._world_model.set_module_state.remote(ref, seq_no)
 
     def _log_counters(self) -> None:
