@@ -389,6 +389,11 @@ class WorldModel:
             raise ValueError(f"world model state version {state.get('version')!r}; this code reads {STATE_VERSION}")
         if tuple(state["dims"]) != (self.obs_dim, self.act_dim):
             raise ValueError(f"world model state dims {tuple(state['dims'])} != ({self.obs_dim}, {self.act_dim})")
+        saved = bool(state.get("config", {}).get("weight_channel", False))
+        if saved != self.config.weight_channel:
+            raise ValueError(f"world model state has weight_channel={saved}, this model weight_channel="
+                             f"{self.config.weight_channel}; the self-weighted guide (kind 'swg') needs a model "
+                             f"trained with the weight channel, the other guides one without")
         self.denoiser.load_state_dict(state["denoiser"])
         self.ema_denoiser.load_state_dict(state["ema_denoiser"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -273,3 +273,17 @@ def test_trainer_weights_every_batch_with_its_current_critic(toy, monkeypatch):
     weights = np.concatenate([b["weights"] for b in seen])
     assert result["weight_mean"] == pytest.approx(weights.mean()) and result["weight_std"] == pytest.approx(
         weights.std())
+
+
+def test_a_state_with_or_without_the_weight_channel_is_refused_by_name():
+    """A checkpoint of the other kind fails with a line naming weight_channel, not torch's shape error, and the
+    model loading it is unchanged."""
+    plain = WorldModel(2, 1, WorldModelConfig(horizon=3, hidden_dim=8, num_layers=1, diffusion_steps=4,
+                                              return_model_hidden=0), seed=0)
+    weighted = WorldModel(2, 1, plain.config.replace(weight_channel=True), seed=1)
+    before = [t.clone() for t in weighted.denoiser.parameters()]
+    with pytest.raises(ValueError, match=r"^world model state has weight_channel=False, this model weight_channel"):
+        weighted.load_state_dict(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(before, weighted.denoiser.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"weight_channel=True, this model weight_channel=False"):
+        plain.load_state_dict(weighted.state_dict())
