@@ -138,13 +138,9 @@ def window_weights(windows: dict, critic: Critic, config: GuideConfig) -> torch.
     tensors). Computed in float64 so that exp weights of large A / beta stay finite; the caller runs it without
     gradients (the weights are training targets).
     """
-    values = {k: torch.as_tensor(windows[k]) for k in ("observations", "rewards", "terminals")}
-    device = values["observations"].device
-    obs = values["observations"].to(torch.float32)
-    critic_values = critic(obs).double()  # [B, H]
-    continues = 1.0 - values["terminals"].to(device=device, dtype=torch.float64)  # [B, H]
-    advantages = n_step_advantage(values["rewards"].to(device=device, dtype=torch.float64), critic_values,
-                                  continues, config.gamma)  # [B]
+    windows = {k: torch.as_tensor(windows[k]) for k in ("observations", "rewards", "terminals")}
+    windows["observations"] = windows["observations"].to(torch.float32)  # what the critic takes
+    advantages = window_advantages(windows, lambda states: critic(states).double(), config.gamma)  # [B], float64
     if config.normalize_advantage and advantages.numel() > 1:
         advantages = advantages / advantages.std().clamp_min(1e-8)
     return torch.exp(SWG_LOG_WEIGHTS[config.swg_weight](advantages, config.temperature))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agd_ray.world_model.guidance import n_step_advantage
+from agd_ray.world_model.guidance import window_advantages, window_weights
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,12 @@ class LinearSystem:
 
     def advantage(self, out: dict) -> float:
         """Mean n-step advantage of imagined windows under the known critic."""
-        r = out["rewards"]
-        values = self.critic(out["observations"])
-        return n_step_advantage(r, values, 1.0 - out["terminals"].float(), self.gamma).mean().item()
+        return window_advantages(out, self.critic, self.gamma).mean().item()
 
     def train(self, config, *, updates: int, num_windows: int = 20000, seed: int = 0, guide=None):
         """A WorldModel fitted to `num_windows` windows of this system; returns (model, losses [updates]).
         With `config.weight_channel`, each batch carries the weights `guidance.window_weights` of `guide` (a
         GuideConfig, kind swg) under the known critic."""
-        from agd_ray.world_model.guidance import window_weights
         from agd_ray.world_model.model import WorldModel
 
         rng = np.random.default_rng(seed)
