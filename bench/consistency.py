@@ -65,6 +65,18 @@ def _env_of(checkpoint: Path) -> str | None:
     return json.loads(config.read_text()).get("env") if config.is_file() else None
 
 
+def open_checkpoint(checkpoint, env: str | None, bench: str):
+    """(env id, world model, policy module, replay buffer) of a checkpoint for a bench named `bench`; the env from
+    `env` or else the run's params.json/config.json. None, after one line on stderr, when neither names one."""
+    checkpoint = Path(checkpoint)
+    env_id = env or _env_of(checkpoint)
+    if env_id is None:
+        print(f"{bench}: error: --env is needed (no params.json or config.json beside the checkpoint)",
+              file=sys.stderr)
+        return None
+    return (env_id, *load(checkpoint))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint directory with agd/ (train's OUTPUT/checkpoint, a trial's)")
@@ -92,12 +104,10 @@ def main(argv=None) -> int:
     )
 
     checkpoint = Path(args.checkpoint)
-    env_id = args.env or _env_of(checkpoint)
-    if env_id is None:
-        print("consistency: error: --env is needed (no params.json or config.json beside the checkpoint)",
-              file=sys.stderr)
+    opened = open_checkpoint(checkpoint, args.env, "consistency")
+    if opened is None:
         return 2
-    model, module, replay = load(checkpoint)
+    env_id, model, module, replay = opened
     policy, critic = make_policy(module), make_critic(module)
     env = gym.make(env_id)
     horizon = model.config.horizon

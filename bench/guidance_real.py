@@ -58,15 +58,13 @@ def main(argv=None) -> int:
     from agd_ray.world_model import GuideConfig
     from agd_ray.world_model.diagnostics import guidance_effect
 
-    from consistency import _env_of, load
+    from consistency import open_checkpoint
 
     checkpoint = Path(args.checkpoint)
-    env_id = args.env or _env_of(checkpoint)
-    if env_id is None:
-        print("guidance_real: error: --env is needed (no params.json or config.json beside the checkpoint)",
-              file=sys.stderr)
+    opened = open_checkpoint(checkpoint, args.env, "guidance_real")
+    if opened is None:
         return 2
-    model, module, replay = load(checkpoint)
+    env_id, model, module, replay = opened
     policy, critic = make_policy(module), make_critic(module)
     env = gym.make(env_id)
     real = replay.sample_windows(args.windows, model.config.horizon, rng=np.random.default_rng(args.seed))

@@ -29,22 +29,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a file from a checkout without install
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from agd_ray.world_model import GuideConfig, WorldModel, WorldModelConfig  # noqa: E402
 from agd_ray.world_model.linear_system import LinearSystem  # noqa: E402
+
+from imagination import cpu_name  # noqa: E402
 
 ETAS = (1.0, 0.5, 0.0)
 STEPS = (128, 64, 32, 16, 12, 8, 6, 4, 3)
 TOLERANCE = 1.1  # "as good as the 128-step chain": dynamics residual within 10% of it
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def state_spread_ratio(system: LinearSystem, out: dict, seed: int) -> float:

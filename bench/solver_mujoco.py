@@ -51,15 +51,13 @@ def main(argv=None) -> int:
     from agd_ray.world_model import GuideConfig, WorldModel
     from agd_ray.world_model.diagnostics import action_z_stats, open_loop_error
 
-    from consistency import _env_of, load
+    from consistency import open_checkpoint
 
     checkpoint = Path(args.checkpoint)
-    env_id = args.env or _env_of(checkpoint)
-    if env_id is None:
-        print("solver_mujoco: error: --env is needed (no params.json or config.json beside the checkpoint)",
-              file=sys.stderr)
+    opened = open_checkpoint(checkpoint, args.env, "solver_mujoco")
+    if opened is None:
         return 2
-    trained, module, replay = load(checkpoint)
+    env_id, trained, module, replay = opened
     policy = make_policy(module)
     env = gym.make(env_id)
     n = trained.config.diffusion_steps
