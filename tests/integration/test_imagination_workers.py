@@ -6,9 +6,10 @@ produce bit-identical windows, log-probs and counts. Then a tiny AGD run with nu
 """
 
 
-import gymnasium as gym
 import numpy as np
 import pytest
+
+from tiny_module import tiny_module_spec
 
 ray = pytest.importorskip("ray")
 
@@ -46,15 +47,10 @@ def _replay_with_data():
 
 def _model_kwargs():
     import torch
-    from ray.rllib.algorithms.ppo import PPOConfig
 
     from agd_ray.world_model import GuideConfig, WorldModelConfig
 
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (D_S,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (D_A,), np.float32)
-    spec = PPOConfig().rl_module(model_config={"fcnet_hiddens": [16, 16]}).get_rl_module_spec(
-        spaces={"default_policy": (obs_space, act_space)}, inference_only=False)
-    spec.observation_space, spec.action_space = obs_space, act_space
+    spec = tiny_module_spec(D_S, D_A)
     torch.manual_seed(0)
     module_state = spec.build().get_state()
     kwargs = dict(obs_dim=D_S, act_dim=D_A, module_spec=spec, seed=0, device="cpu",

@@ -4,7 +4,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
@@ -17,6 +16,8 @@ from agd_ray.imagination import (
     windows_to_episodes,
 )
 
+from tiny_module import tiny_module_spec
+
 OBS_DIM, ACT_DIM, H = 4, 2, 5
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
@@ -25,10 +26,7 @@ ACT_SPACE = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
 @pytest.fixture(scope="module")
 def module():
     torch.manual_seed(0)
-    spec = PPOConfig().rl_module(model_config={"fcnet_hiddens": [16, 16]}).get_rl_module_spec(
-        spaces={"default_policy": (OBS_SPACE, ACT_SPACE)}, inference_only=False)
-    spec.observation_space, spec.action_space = OBS_SPACE, ACT_SPACE
-    return spec.build()
+    return tiny_module_spec(OBS_DIM, ACT_DIM).build()
 
 
 def _windows(terminals: np.ndarray, module) -> dict:

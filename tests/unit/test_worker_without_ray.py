@@ -8,7 +8,6 @@ reassemble into the whole request, and `split_request` / `ImaginationPool.merge`
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,6 +16,8 @@ from agd_ray.replay.buffer import ReplayBuffer
 from agd_ray.world_model import GuideConfig, WorldModelConfig
 from agd_ray.world_model.actor import ImaginationPool, WorldModelWorker, split_request
 from agd_ray.world_model.diagnostics import gain_in_sigma, resampling_gain_sums
+
+from tiny_module import tiny_module_spec
 
 D_S, D_A, NQ, NV, H = 4, 1, 2, 2, 4
 TRAIN_BATCH, BATCHES_PER_CALL = 8, 3  # windows per update, updates per pulled chunk
@@ -56,21 +57,10 @@ def _replay(num_transitions=400, episode_length=50) -> CountingReplay:
     return replay
 
 
-def _module_spec():
-    from ray.rllib.algorithms.ppo import PPOConfig
-
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (D_S,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (D_A,), np.float32)
-    spec = PPOConfig().rl_module(model_config={"fcnet_hiddens": [16, 16]}).get_rl_module_spec(
-        spaces={"default_policy": (obs_space, act_space)}, inference_only=False)
-    spec.observation_space, spec.action_space = obs_space, act_space
-    return spec
-
-
 @pytest.fixture(scope="module")
 def setup():
     """A worker on a counting replay, with module state version 7 loaded (sag: advantage-weighted resampling)."""
-    replay, spec = _replay(), _module_spec()
+    replay, spec = _replay(), tiny_module_spec(D_S, D_A)
     torch.manual_seed(0)
     state = spec.build().get_state()
     worker = WorldModelWorker(
