@@ -21,7 +21,7 @@ import pathlib
 import sys
 import time
 
-from agd_ray.sweep import add_sweep_parser, sweep_main
+from agd_ray.sweep import add_sweep_parser, local_ray_cpus, sweep_main
 
 GUIDE_CHOICES = ("none", "sag", "eag", "reward", "swg", "model-free")
 PRESETS = ("cpu", "paper", "tiny")
@@ -402,7 +402,7 @@ def _cpus(value: float) -> str:
 def check_local_resources(config, num_cpus: int | None) -> None:
     """The embedded local Ray (`ray.init(num_cpus=...)`) must hold the run's actors, or Ray waits for them
     forever: UsageError with the demand, the capacity and sizes that fit, before Ray starts."""
-    capacity = num_cpus or max(2, os.cpu_count() or 2)  # as _run_training starts it
+    capacity = local_ray_cpus(num_cpus)  # as _run_training starts it
     total, parts = cpu_demand(config)
     if total <= capacity:
         return
@@ -554,13 +554,8 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _guide_method_text(resolved: dict) -> str:
-    """' (resample, K=4)' or ' (gradient)' for an advantage guide, as the run's settings make it; '' otherwise."""
-    from agd_ray.world_model.config import GuideConfig
-
-    fields = dict(resolved["guide"])
-    fields.update({k.split(".", 1)[1]: v for k, v in resolved["config"].items() if k.startswith("guidance.")})
-    guide = GuideConfig(**fields)
+def _guide_method_text(guide) -> str:
+    """' (resample, K=4)' or ' (gradient)' for an advantage guide (the run's GuideConfig); '' otherwise."""
     if guide.kind not in ("sag", "eag"):
         return ""
     return f" ({guide.method}, K={guide.candidates})" if guide.resampling else f" ({guide.method})"
@@ -694,7 +689,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
     if args.address:
         ray.init(address=args.address)
     else:
-        ray.init(num_cpus=args.num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
+        ray.init(num_cpus=local_ray_cpus(args.num_cpus), include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     rows: list[dict] = []  # a resumed run's earlier rows come from _truncate_metrics below
     wall_before, previous_result = 0.0, None
@@ -717,7 +712,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
         wall_before = float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
     overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
     print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']}"
-          f"{_guide_method_text(resolved)} "
+          f"{_guide_method_text(config.guide_config)} "
           f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
     try:
         mode = "a" if resuming else "w"  # a resumed run appends

@@ -133,6 +133,11 @@ def _check_finite(where: str, key: str, value) -> None:
     _fail(f"{where}.{key}", value, f"it must be a finite number (only {' and '.join(allowed)} may be inf)")
 
 
+def local_ray_cpus(num_cpus: int | None) -> int:
+    """Logical CPUs of an embedded local Ray: `num_cpus`, or the machine's count (at least 2)."""
+    return num_cpus or max(2, os.cpu_count() or 2)
+
+
 def check_dotted(where: str, key, value, types: dict) -> None:
     """One dotted key and its value (`where` locates it in the file); the sections check values later.
     Floats must be finite, but for the keys in INFINITY_ALLOWED."""
@@ -481,7 +486,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
+            ray.init(num_cpus=local_ray_cpus(num_cpus), include_dashboard=False,
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
     trainable = _trainable()
     if resume:
