@@ -190,8 +190,8 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
     a = prefix.fix_actions(torch.randn(shape_a, generator=generator, device=device))
     reparam = eps is not None
     if reparam:  # the first denoising sees policy samples too: at the start state, before any state is predicted
-        mean, std = policy(normalizer.unnormalize("observations", start_obs)[:, None].expand(-1, horizon, -1))
-        a = prefix.fix_actions(normalizer.normalize("actions", mean + std * eps))
+        mean, std = policy(normalizer.unnormalize("observations", start_obs))  # [B, D_a]: once per window
+        a = prefix.fix_actions(normalizer.normalize("actions", mean[:, None] + std[:, None] * eps))
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i

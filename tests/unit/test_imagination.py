@@ -130,3 +130,21 @@ def test_unit_seeds_differ_per_unit_and_repeat():
     seeds = [unit_seed(3, first) for first in (0, 8, 16)] + [unit_seed(4, 0)]
     assert len(set(seeds)) == 4 and unit_seed(3, 8) == seeds[1]
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_action_dist_inputs_equal_rllibs_forward_exploration(shared):
+    """The policy callable reads the actor's layers alone where the module has separate encoders (half the
+    work); the values are RLlib's own, bit for bit, and without gradients as RLlib computes them, for either
+    kind of module (with a shared encoder, RLlib's forward is used as it is)."""
+    from agd_ray.imagination import _actor_path, action_dist_inputs
+
+    torch.manual_seed(1)
+    module = tiny_module_spec(OBS_DIM, ACT_DIM, vf_share_layers=shared).build()
+    assert (_actor_path(module) is None) == shared
+    obs = torch.randn(3, H, OBS_DIM, requires_grad=True)
+    ours = action_dist_inputs(module, obs)
+    rllib = module.forward_exploration({Columns.OBS: obs.reshape(-1, OBS_DIM)})[Columns.ACTION_DIST_INPUTS]
+    assert ours.shape == (3, H, 2 * ACT_DIM)
+    assert not ours.requires_grad and not rllib.requires_grad
+    torch.testing.assert_close(ours, rllib.reshape(3, H, -1), rtol=0, atol=0)
