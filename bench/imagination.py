@@ -96,10 +96,10 @@ class Clock:
         module.register_forward_hook(post)
 
 
-def matmul_gflops(n: int, device: torch.device, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n x n float32 matmul (2 n^3 FLOPs), median of repeats after a warm-up."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_gflops(n: int, device: torch.device, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n x n matmul in `dtype` (2 n^3 FLOPs), median of repeats after a warm-up."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     clock = Clock(device)
     a @ b
     times = []
@@ -233,6 +233,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds of timed work per configuration; beyond it fewer reverse steps are timed")
     parser.add_argument("--profile", action="store_true",
                         help="profile one imagine call (batch 64, cpu size, strided, sag) with torch.profiler and exit")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the card's dense bf16 peak in TFLOP/s, for the share of it reached (e.g. 989 for an "
+                             "H100/H200 SXM)")
     parser.add_argument("--out", default="bench/out/imagination.json", help="JSON results file")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.budget <= 0:
@@ -273,6 +276,8 @@ def main(argv=None) -> None:
                         rows.append(row)
                         print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
     ceiling_after = matmul_gflops(2048, device)
+    # On CUDA the denoiser runs under bf16 autocast (WorldModelConfig.amp): its ceiling is a large bf16 product.
+    bf16_ceiling = matmul_gflops(8192, device, dtype=torch.bfloat16) if device.type == "cuda" else None
     meta = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -280,6 +285,7 @@ def main(argv=None) -> None:
         "torch": torch.__version__, "python": platform.python_version(),
         "matmul_ceiling_gflops": ceiling, "matmul_ceiling_gflops_after": ceiling_after,
         "matmul_ceiling_shape": "2048 x 2048 @ 2048 x 2048 float32",
+        "bf16_matmul_ceiling_gflops": bf16_ceiling, "peak_tflops": args.peak_tflops,
         "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "horizon": HORIZON, "diffusion_steps": DIFFUSION_STEPS,
         "load_average_1min_start": load_start, "repeats": args.repeats, "budget_s": args.budget,
         "wall_s": time.perf_counter() - wall,
@@ -294,6 +300,13 @@ def main(argv=None) -> None:
     print("steps 'full 128/k': timed over k reverse steps and scaled to 128. GFLOP/s: denoiser forward FLOPs / "
           "denoiser time; ceil: 2048^3 float32 matmul GFLOP/s measured just before the row; %ceil: GFLOP/s of ceil; "
           "den/pol/crit/other: share of the imagine wall time.")
+    if bf16_ceiling is not None:
+        best = max(rows, key=lambda r: r["denoiser_gflops_per_s"])
+        peak = f", {100 * best['denoiser_gflops_per_s'] / (1e3 * args.peak_tflops):.1f}% of the card's " \
+               f"{args.peak_tflops:g} TFLOP/s bf16 peak" if args.peak_tflops else ""
+        print(f"best denoiser rate {best['denoiser_gflops_per_s'] / 1e3:.1f} TFLOP/s (batch {best['batch']}, "
+              f"{best['size']}, {best['steps']}): {100 * best['denoiser_gflops_per_s'] / bf16_ceiling:.1f}% of an "
+              f"8192^3 bf16 matmul measured here ({bf16_ceiling / 1e3:.0f} TFLOP/s){peak}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
