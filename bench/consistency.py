@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     # 1. conditioned on the windows' own actions
     out = imagine_with_actions(model, real["observations"][:, 0], real["actions"], seed=0)
-    log_delta, config = model.log_delta, model.config
+    log_delta = model.log_delta
     conditioned = ((out["observations"].numpy() - real["observations"]) ** 2)[alive].mean(axis=(0, 2))
     no_change = ((real["observations"] - real["observations"][:, :1]) ** 2)[alive].mean(axis=(0, 2))
     result["conditioned_mse_by_step"] = conditioned[1:].round(4).tolist()
@@ -156,10 +156,9 @@ def main(argv=None) -> int:
           f"{'sim term (imagined actions)':>27} {'open-loop MSE':>13}")
     for mode, delta in [*(("score", d) for d in [math.exp(log_delta), *args.deltas]), ("reparam", None),
                         ("causal", None)]:
-        model.config = config.replace(policy_guidance=mode)
         model.log_delta = math.log(delta) if delta is not None else log_delta
         out = model.imagine(real["observations"][:, 0], policy=policy, critic=critic, guide=GuideConfig(kind="none"),
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), policy_guidance=mode)
         mean, std = policy(out["observations"])
         z_std = float(((out["actions"] - mean) / std).std())
         env_actions = unsquash_action(out["actions"].detach().numpy().astype(np.float64), env.action_space)
@@ -176,7 +175,7 @@ def main(argv=None) -> int:
         print(f"{label:>16} {z_std:>6.2f} {row['imagined_terminates']:>13.2f} "
               f"{row['imagined_terminates_env_rule']:>10.2f} {row['sim_terminates']:>27.2f} "
               f"{row['open_loop_mse']:>13.3f}")
-    model.config, model.log_delta = config, log_delta
+    model.log_delta = log_delta
     result["imagination"] = rows
 
     print(f"3. the policy closed loop from the same starts terminates in {result['policy_closed_loop_terminates']:.2f} "

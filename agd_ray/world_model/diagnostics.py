@@ -161,13 +161,8 @@ def imagine_with_actions(wm, start_obs, actions, *, seed: int = 0) -> dict:
     def replay(states):
         return given.to(states.dtype), torch.full_like(given, 1e-6, dtype=states.dtype)
 
-    config = wm.config
-    wm.config = config.replace(policy_guidance="reparam")
-    try:
-        return wm.imagine(start_obs, policy=replay, guide=GuideConfig(kind="none"),
-                          generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
-    finally:
-        wm.config = config
+    return wm.imagine(start_obs, policy=replay, guide=GuideConfig(kind="none"), policy_guidance="reparam",
+                      generator=torch.Generator(device=wm.device).manual_seed(int(seed)))
 
 
 def simulate_actions(env, qpos, qvel, actions) -> dict:

@@ -26,7 +26,15 @@ from agd_ray.world_model.guidance import (
     window_advantages,
 )
 from agd_ray.world_model.normalizer import FIELDS, NormalizerSnapshot
-from agd_ray.world_model.sampler import SamplerSettings, denoiser_actions, inpaint_start, q_sample, sample_windows
+from agd_ray.world_model.sampler import (
+    POLICY_GUIDANCE,
+    PolicyGuidance,
+    SamplerSettings,
+    denoiser_actions,
+    inpaint_start,
+    q_sample,
+    sample_windows,
+)
 from agd_ray.world_model.schedule import DiffusionSchedule
 
 STATE_VERSION = 1
@@ -286,7 +294,7 @@ class WorldModel:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def imagine(self, start_obs, *, policy: Policy, critic: Critic | None = None, guide: GuideConfig | None = None,
-                generator: torch.Generator | None = None) -> dict:
+                generator: torch.Generator | None = None, policy_guidance: str | None = None) -> dict:
         """Guided imagined windows from real start states (ALGORITHM.md 3 and 6); changes no state of the model.
 
         start_obs: [B, D_s]. Returns unnormalised torch tensors: observations [B, H, D_s], actions
@@ -294,6 +302,7 @@ class WorldModel:
         (`GuideConfig.resampling`) also returns `candidate_advantages` [B, K], the n-step advantage of every
         unguided candidate window, `selected` [B], the candidate kept for each start state, and `candidates`, the
         B * K candidate windows themselves (the same dict, start state b's at rows b*K..b*K+K-1).
+        policy_guidance: the action rule for this call ("score", "reparam", "causal"; None: the config's).
         """
         guide = guide or GuideConfig()
         if not isinstance(guide, GuideConfig):
@@ -305,24 +314,30 @@ class WorldModel:
             raise ValueError("start_obs contains NaN or inf")
         if guide.kind in ("sag", "eag") and guide.enabled and critic is None:
             raise ValueError(f"guide kind={guide.kind!r} needs a critic")
+        rule = policy_guidance or self.config.policy_guidance
+        if rule not in POLICY_GUIDANCE:
+            raise ValueError(f"policy_guidance={rule!r}; allowed: {', '.join(POLICY_GUIDANCE)}")
         generator = self._device_generator(generator)
         if guide.resampling and guide.enabled:
-            return self._imagine_resampled(start, policy, critic, guide, generator)
-        return self._imagine(start, policy, critic, guide, generator)
+            return self._imagine_resampled(start, policy, critic, guide, generator, POLICY_GUIDANCE[rule])
+        return self._imagine(start, policy, critic, guide, generator, POLICY_GUIDANCE[rule])
 
     @torch.no_grad()
-    def _imagine_resampled(self, start, policy: Policy, critic: Critic, guide: GuideConfig, generator) -> dict:
+    def _imagine_resampled(self, start, policy: Policy, critic: Critic, guide: GuideConfig, generator,
+                           rule: PolicyGuidance) -> dict:
         """Advantage-weighted resampling (ALGORITHM.md 6): K unguided candidate windows per start state in one
         batched reverse process, then one kept per start state with probability proportional to w(A / beta)."""
         k = guide.candidates
-        out = self._imagine(start.repeat_interleave(k, dim=0), policy, critic, GuideConfig(kind="none"), generator)
+        out = self._imagine(start.repeat_interleave(k, dim=0), policy, critic, GuideConfig(kind="none"), generator,
+                            rule)
         advantages = window_advantages(out, critic, guide.gamma).reshape(-1, k)  # [B, K]
         selected = resample_indices(resample_log_weights(advantages, guide), generator)  # [B]
         rows = torch.arange(len(start), device=selected.device) * k + selected  # [B] into the B*K candidates
         kept = {key: value[rows] if torch.is_tensor(value) else value for key, value in out.items()}
         return {**kept, "candidate_advantages": advantages, "selected": selected, "candidates": out}
 
-    def _imagine(self, start, policy: Policy, critic: Critic | None, guide: GuideConfig, generator) -> dict:
+    def _imagine(self, start, policy: Policy, critic: Critic | None, guide: GuideConfig, generator,
+                 rule: PolicyGuidance) -> dict:
         """The reverse process from checked start states [B, D_s] with the sampler's guide (section 3)."""
         norm = self.normalizer
         settings = SamplerSettings(self.config.clip_state_change, self.config.clip_last_steps,
@@ -333,7 +348,7 @@ class WorldModel:
             act_dim=self.act_dim, policy=policy, critic=critic,
             guide=build_guide(guide, self.obs_dim, self.return_model, self.terminal_rule,
                               self.config.weight_channel), normalizer=norm,
-            delta=self.delta, settings=settings, generator=generator, autocast=self._autocast,
+            delta=self.delta, settings=settings, generator=generator, autocast=self._autocast, policy_guidance=rule,
         )
         ds = self.obs_dim
         observations = norm.unnormalize("observations", x0[..., :ds])

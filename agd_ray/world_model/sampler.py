@@ -101,6 +101,7 @@ def sample_windows(
     settings: SamplerSettings,
     generator: torch.Generator,
     autocast=contextlib.nullcontext,
+    policy_guidance: "PolicyGuidance | None" = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the guided reverse process from normalised start states.
 
@@ -110,11 +111,11 @@ def sample_windows(
     the guide's shift of x0_hat and/or of the posterior mean; the state-change clip in the last steps (after
     guidance); posterior sample; inpaint.
 
-    Policy guidance `settings.policy_guidance`: "score" is PolyGRAD's (clamp, step of size delta along
-    grad log pi, posterior noise on the actions). "reparam" (ours) draws one eps ~ N(0, I) per window and step
-    at the start and sets a = mu(s) + sigma(s) eps, at the start state s[0] before the first denoising and at the
-    predicted states s_hat after every denoising, with no other action noise:
-    the actions move only as the predicted states do, and the returned ones are exactly the policy's
+    Policy guidance, a strategy like the guide (`policy_guidance`, default `POLICY_GUIDANCE[settings.policy_guidance]`):
+    "score" is PolyGRAD's (clamp, step of size delta along grad log pi, posterior noise on the actions). "reparam"
+    (ours) draws one eps ~ N(0, I) per window and step at the start and sets a = mu(s) + sigma(s) eps, at the start
+    state s[0] before the first denoising and at the predicted states s_hat after every denoising, with no other
+    action noise: the actions move only as the predicted states do, and the returned ones are exactly the policy's
     reparameterised samples at the returned states (z = eps), whatever delta is. "causal" (ours) builds the
     window one transition at a time: with s[0..h] committed, a[h] = mu(s[h]) + sigma(s[h]) eps[h] is fixed at the
     committed state, a reverse process (reparam actions beyond h) with s[0..h], r/d[0..h-1] and a[0..h] inpainted
@@ -124,28 +125,7 @@ def sample_windows(
     """
     job = _Job(denoiser, steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
                autocast)
-    if settings.policy_guidance != "causal":
-        eps = None
-        if settings.policy_guidance == "reparam":
-            eps = torch.randn((start_obs.shape[0], denoiser.horizon, act_dim), generator=generator,
-                              device=start_obs.device)
-        return _reverse_process(job, eps=eps)
-    batch, obs_dim = start_obs.shape
-    horizon, device = denoiser.horizon, start_obs.device
-    eps = torch.randn((batch, horizon, act_dim), generator=generator, device=device)
-
-    def committed_action(state: torch.Tensor, h: int) -> torch.Tensor:  # [B, D_s] -> [B, 1, D_a] (normalised)
-        mean, std = policy(normalizer.unnormalize("observations", state))
-        return normalizer.normalize("actions", mean + std * eps[:, h])[:, None]
-
-    prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)), committed_action(start_obs, 0))
-    for h in range(horizon - 1):
-        x, _ = _reverse_process(job, eps=eps, prefix=prefix)
-        prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
-                         torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim: obs_dim + 2]], dim=1),
-                         torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
-    # r[H-1], d[H-1] (the transition out of the window's last state) as the last reverse process predicted them
-    return prefix.inpaint(x), prefix.actions
+    return (policy_guidance or POLICY_GUIDANCE[settings.policy_guidance]).sample(job)
 
 
 class _Job(NamedTuple):
@@ -165,9 +145,119 @@ class _Job(NamedTuple):
     autocast: object
 
 
-def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | None = None):
-    """One guided reverse process (see `sample_windows`); reparameterised actions when `eps` is given; with
-    `prefix`, its states, rewards/terminals and actions are inpainted at every step (else only s[0])."""
+# -- policy guidance: how the actions of a window follow the policy --------------------------------------------
+class _ScoreActions:
+    """PolyGRAD's action update within one reverse process (ALGORITHM.md 3.2): the actions start as noise, are
+    clamped to mu +- k sigma and step by delta along grad log pi at every reverse step, and take the sampler's
+    posterior noise (none at the last step, or with eta = 0 where the step's variance is 0)."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+
+    def initial(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def _policy_step(self, a, mean, std, take_step: bool) -> torch.Tensor:
+        job, norm = self.job, self.job.normalizer
+        actions = policy_score_step(norm.unnormalize("actions", a), mean, std, job.delta,
+                                    job.settings.action_clamp_sigmas, take_step=take_step)
+        return norm.normalize("actions", actions)
+
+    def step(self, a, mean, std, step: ReverseStep, steps_left: int, noise: torch.Tensor) -> torch.Tensor:
+        a_next = self._policy_step(a, mean, std, take_step=steps_left > 0)
+        # The action noise is the sampler's posterior noise: none with eta = 0 (deterministic DDIM), where the
+        # actions only step along grad log pi from their initial draw (RESULTS.md, few-step sampling).
+        return a_next + step.var**0.5 * noise if steps_left > 0 else a_next
+
+    def final(self, a, mean, std) -> torch.Tensor:
+        return self._policy_step(a, mean, std, take_step=False)
+
+
+class _ReparamActions:
+    """The reparameterised rule within one reverse process: a = mu(s) + sigma(s) eps with the window's fixed
+    eps [B, H, D_a], at the start state before the first denoising and at the states the process predicts or
+    returns after it; no other action noise."""
+
+    def __init__(self, job: _Job, eps: torch.Tensor) -> None:
+        self.job, self.eps = job, eps
+
+    def _sample(self, mean, std) -> torch.Tensor:
+        return self.job.normalizer.normalize("actions", mean + std * self.eps)
+
+    def initial(self, a: torch.Tensor) -> torch.Tensor:
+        # the first denoising sees policy samples too: at the start state, before any state is predicted (called
+        # on [B, H, D_s], the start state repeated, so that a policy of whole action sequences, such as
+        # `diagnostics.imagine_with_actions`'s, gives its actions at every step)
+        job = self.job
+        start = job.normalizer.unnormalize("observations", job.start_obs)[:, None].expand(-1, self.eps.shape[1], -1)
+        return self._sample(*job.policy(start))
+
+    def step(self, a, mean, std, step: ReverseStep, steps_left: int, noise: torch.Tensor) -> torch.Tensor:
+        return self._sample(mean, std)
+
+    def final(self, a, mean, std) -> torch.Tensor:
+        return self._sample(mean, std)
+
+
+def _window_eps(job: _Job) -> torch.Tensor:
+    """One eps ~ N(0, I) per window and step: [B, H, D_a]."""
+    return torch.randn((job.start_obs.shape[0], job.denoiser.horizon, job.act_dim), generator=job.generator,
+                       device=job.start_obs.device)
+
+
+class ScoreGuidance:
+    """PolyGRAD's policy guidance ("score"; see `sample_windows`): one reverse process."""
+
+    name = "score"
+
+    def sample(self, job: _Job):
+        return _reverse_process(job, _ScoreActions(job))
+
+
+class ReparamGuidance:
+    """Reparameterised policy guidance ("reparam", ours; see `sample_windows`): one reverse process."""
+
+    name = "reparam"
+
+    def sample(self, job: _Job):
+        return _reverse_process(job, _ReparamActions(job, _window_eps(job)))
+
+
+class CausalGuidance:
+    """Causal policy guidance ("causal", ours; see `sample_windows`): H - 1 reverse processes, each committing
+    one transition."""
+
+    name = "causal"
+
+    def sample(self, job: _Job):
+        batch, horizon = job.start_obs.shape[0], job.denoiser.horizon
+        obs_dim, norm = job.start_obs.shape[1], job.normalizer
+        eps = _window_eps(job)
+        actions = _ReparamActions(job, eps)
+
+        def committed_action(state: torch.Tensor, h: int) -> torch.Tensor:  # [B, D_s] -> [B, 1, D_a] (normalised)
+            mean, std = job.policy(norm.unnormalize("observations", state))
+            return norm.normalize("actions", mean + std * eps[:, h])[:, None]
+
+        start = job.start_obs
+        prefix = _Prefix(start[:, None], start.new_zeros((batch, 0, 2)), committed_action(start, 0))
+        for h in range(horizon - 1):
+            x, _ = _reverse_process(job, actions, prefix=prefix)
+            prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
+                             torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim: obs_dim + 2]], dim=1),
+                             torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
+        # r[H-1], d[H-1] (the transition out of the window's last state) as the last reverse process predicted them
+        return prefix.inpaint(x), prefix.actions
+
+
+PolicyGuidance = ScoreGuidance | ReparamGuidance | CausalGuidance
+POLICY_GUIDANCE = {rule.name: rule for rule in (ScoreGuidance(), ReparamGuidance(), CausalGuidance())}
+
+
+def _reverse_process(job: _Job, actions, prefix: _Prefix | None = None):
+    """One guided reverse process (see `sample_windows`), its actions moved by `actions` (`_ScoreActions` or
+    `_ReparamActions`); with `prefix`, its states, rewards/terminals and actions are inpainted at every step
+    (else only s[0])."""
     (denoiser, steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
      autocast) = job
     batch, obs_dim = start_obs.shape
@@ -187,11 +277,7 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
     x_dim = getattr(denoiser, "x_dim", obs_dim + 2)  # D_x: D_s + 3 with a weight channel; any denoiser: D_s + 2
     shape_x, shape_a = (batch, horizon, x_dim), (batch, horizon, act_dim)
     x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
-    a = prefix.fix_actions(torch.randn(shape_a, generator=generator, device=device))
-    reparam = eps is not None
-    if reparam:  # the first denoising sees policy samples too: at the start state, before any state is predicted
-        mean, std = policy(normalizer.unnormalize("observations", start_obs))  # [B, D_a]: once per window
-        a = prefix.fix_actions(normalizer.normalize("actions", mean[:, None] + std[:, None] * eps))
+    a = prefix.fix_actions(actions.initial(torch.randn(shape_a, generator=generator, device=device)))
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i
@@ -204,23 +290,10 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
             x0_hat = prefix.inpaint(x0_hat.float())  # [B, H, D_x]
 
         # Policy guidance on actions, with the policy evaluated on the predicted clean states.
-        states_hat = normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim])  # [B, H, D_s]
-        mean, std = policy(states_hat)
-        if reparam:
-            actions = mean + std * eps
-        else:
-            actions = policy_score_step(
-                normalizer.unnormalize("actions", a), mean, std, delta, settings.action_clamp_sigmas,
-                take_step=steps_left > 0,
-            )
-        a_next = normalizer.normalize("actions", actions)
+        mean, std = policy(normalizer.unnormalize("observations", x0_hat.detach()[..., :obs_dim]))  # [B, H, D_a]
         noise_a = torch.randn(shape_a, generator=generator, device=device)
         noise_x = torch.randn(shape_x, generator=generator, device=device)
-        # The score rule's action noise is the sampler's posterior noise: none with eta = 0 (deterministic DDIM),
-        # where the actions only step along grad log pi from their initial draw (RESULTS.md, few-step sampling).
-        if steps_left > 0 and not reparam:
-            a_next = a_next + step.var**0.5 * noise_a
-        a_next = prefix.fix_actions(a_next)
+        a_next = prefix.fix_actions(actions.step(a, mean, std, step, steps_left, noise_a))
 
         # State guidance, then the posterior mean.
         shift = guide.shift(
@@ -240,12 +313,8 @@ def _reverse_process(job: _Job, *, eps: torch.Tensor | None, prefix: _Prefix | N
         x = mu + step.var**0.5 * noise_x if steps_left > 0 else mu
         x = prefix.inpaint(x)
         a = a_next
-    # The returned states differ from the last step's predicted ones (state-change clip, guidance), so clamp
-    # the returned actions to mu +- k sigma of the policy at the states actually returned (ours): every
-    # imagined pair is then within k sigma of the policy, as the PPO ratio and the adaptive delta assume.
+    # The returned states differ from the last step's predicted ones (state-change clip, guidance), so the returned
+    # actions are the rule's at the states actually returned (ours): the score rule clamps them to mu +- k sigma,
+    # so every imagined pair is within k sigma of the policy, as the PPO ratio and the adaptive delta assume.
     mean, std = policy(normalizer.unnormalize("observations", x[..., :obs_dim]))
-    if reparam:
-        return x, prefix.fix_actions(normalizer.normalize("actions", mean + std * eps))
-    actions = policy_score_step(normalizer.unnormalize("actions", a), mean, std, delta,
-                                settings.action_clamp_sigmas, take_step=False)
-    return x, normalizer.normalize("actions", actions)
+    return x, prefix.fix_actions(actions.final(a, mean, std))

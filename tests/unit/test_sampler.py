@@ -514,3 +514,27 @@ def test_ddim_windows_with_every_action_rule_and_a_guide(model, policy_guidance)
     assert torch.equal(x, again)
     assert not torch.allclose(x, run(1.0, sag)[0])
     assert not torch.allclose(x, run(0.0, NoGuide())[0])
+
+
+@pytest.mark.parametrize("rule", ["score", "reparam", "causal"])
+def test_a_rule_passed_per_call_equals_the_model_configured_with_it(model, rule):
+    """The action rule is a strategy the sampler is given: `imagine(policy_guidance=...)` on a model configured
+    with another rule gives, bit for bit, what a model configured with that rule gives, and leaves the config."""
+    other = "causal" if rule == "score" else "score"
+    base = model.config
+    try:
+        model.config = base.replace(policy_guidance=rule)
+        configured = _imagine(model, GuideConfig(kind="sag", method="gradient"))
+        model.config = base.replace(policy_guidance=other)
+        passed = model.imagine(_start(), policy=policy, critic=critic, guide=GuideConfig(kind="sag", method="gradient"),
+                               generator=torch.Generator().manual_seed(0), policy_guidance=rule)
+        assert model.config.policy_guidance == other
+    finally:
+        model.config = base
+    for key in ("observations", "actions", "rewards", "terminals"):
+        assert torch.equal(configured[key], passed[key]), key
+
+
+def test_an_unknown_rule_per_call_is_refused_by_name(model):
+    with pytest.raises(ValueError, match=r"policy_guidance='joint'; allowed: score, reparam, causal"):
+        model.imagine(_start(), policy=policy, policy_guidance="joint")
