@@ -230,8 +230,9 @@ class AGD(PPO):
         started, started_at = time.perf_counter(), time.time()
         results = ray.get(refs)
         blocked = time.perf_counter() - started
-        finished = [r["finished_at"] for r in (results if isinstance(results, list) else [results])
-                    if isinstance(r, dict) and "finished_at" in r]
+        finished = [r["finished_at"] if isinstance(r, dict) else r.finished_at
+                    for r in (results if isinstance(results, list) else [results])
+                    if (isinstance(r, dict) and "finished_at" in r) or hasattr(r, "finished_at")]
         transfer = min(blocked, max(0.0, time.time() - max([*finished, started_at]))) if finished else blocked
         self._wait_s[name] += blocked
         self._transfer_s[name] += transfer
@@ -375,8 +376,11 @@ class AGD(PPO):
 
     def _collect_imagination(self) -> list:
         """Phase 3: the pending guided windows (imagined now if none is pending: first iteration, or after a
-        restore) -> SingleAgentEpisodes; the adaptive-delta step on the merged batch goes to the trainer."""
-        from agd_ray.imagination import action_z_std, windows_to_episodes
+        restore) -> SingleAgentEpisodes; the adaptive-delta step on the merged batch goes to the trainer.
+
+        The delta is adapted here, on the batch PPO takes, not where it was imagined: a batch pending at a
+        checkpoint is imagined again after a restore, and must then be the same batch, adapted once."""
+        from agd_ray.imagination import action_z_std
         from agd_ray.world_model.actor import ImaginationPool
 
         with self._phase("agd_imagine"):
@@ -390,21 +394,14 @@ class AGD(PPO):
                     break
                 except _ACTOR_ERRORS as error:  # recreated from snapshots; the batch is imagined again
                     self._recover_actors(error)
-            if out["weights_seq_no"] != self._module_state[0]:  # PPO's ratio needs the version it starts from
-                raise RuntimeError(f"imagined with weights_seq_no={out['weights_seq_no']}, but the learner is at "
+            if out.weights_seq_no != self._module_state[0]:  # PPO's ratio needs the version it starts from
+                raise RuntimeError(f"imagined with weights_seq_no={out.weights_seq_no}, but the learner is at "
                                    f"{self._module_state[0]}")
-            windows = out["windows"]
-            finite = np.ones(len(windows["observations"]), dtype=bool)
-            for value in windows.values():
-                finite &= np.isfinite(np.asarray(value, dtype=np.float64)).reshape(len(finite), -1).all(axis=1)
-            windows = {k: np.asarray(v)[finite] for k, v in windows.items()}
-            z_std = action_z_std(windows["actions"], windows["action_dist_inputs"])
+            z_std = action_z_std(out.windows["actions"], out.windows["action_dist_inputs"])
             self._imagination.set_log_delta(self._world_model.adapt_delta.remote(action_z_std=z_std))
-            self.metrics.log_value(("imagination", "num_nonfinite_windows"), int((~finite).sum()), window=1)
-            episodes = windows_to_episodes(windows, weights_seq_no=out["weights_seq_no"],
-                                           observation_space=self._observation_space,
-                                           action_space=self._action_space)
-            metrics = out["metrics"]
+            self.metrics.log_value(("imagination", "num_nonfinite_windows"), out.num_nonfinite, window=1)
+            episodes = out.to_episodes(self._observation_space, self._action_space)
+            metrics = out.metrics
             num_transitions = sum(len(e) for e in episodes)
             self._counters["imagined_transitions"] += num_transitions
             self._counters["imagined_episodes"] += len(episodes)
@@ -412,7 +409,7 @@ class AGD(PPO):
             self.metrics.log_value(("imagination", "transitions_per_s"), metrics["transitions_per_s"], window=1)
             self.metrics.log_value(("imagination", "action_z_std"), z_std, window=1)
             self.metrics.log_value(("imagination", "delta"), metrics["delta"], window=1)
-            self.metrics.log_value(("imagination", "weights_seq_no"), out["weights_seq_no"], window=1)
+            self.metrics.log_value(("imagination", "weights_seq_no"), out.weights_seq_no, window=1)
             self._prefetched += int(prefetched)
             self.metrics.log_value(("imagination", "num_shards"), metrics["num_shards"], window=1)
             self.metrics.log_value(("imagination", "mean_episode_len"),

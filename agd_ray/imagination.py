@@ -9,6 +9,8 @@ Without a termination it is s[0..H-1], a/r[0..H-2], truncated=True, so GAE boots
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
@@ -23,6 +25,80 @@ def episode_cut(terminals: np.ndarray) -> tuple[int, bool]:
     if len(hits):
         return int(hits[0]) + 1, True
     return horizon - 1, False
+
+
+# the arrays of an imagined batch: the windows and the guiding policy's outputs at them
+WINDOW_KEYS = ("observations", "actions", "rewards", "terminals", "action_logp", "action_dist_inputs")
+
+
+@dataclass
+class ImaginedBatch:
+    """What imagination sends the driver: one worker's shard of a request, or the merged request (`merge`).
+
+    windows: the finite windows only (`WINDOW_KEYS`: observations [n, H, D_s], actions [n, H, D_a], rewards and
+    terminals [n, H], and the guiding policy's action_logp [n, H] and action_dist_inputs [n, H, 2 D_a] at them),
+    in request order; a window with a NaN or inf anywhere is dropped where it was imagined and counted in
+    `num_nonfinite`. weights_seq_no: the policy version that guided them (PPO's ratio starts there).
+    metrics: what was measured while imagining (num_transitions = requested windows x (H - 1), imagine_s,
+    transitions_per_s, delta, num_shards, and a resampling guide's per-unit gain sums or merged gain).
+    """
+
+    windows: dict
+    weights_seq_no: int
+    normalizer_version: int
+    start_index: int = 0
+    num_nonfinite: int = 0
+    metrics: dict = field(default_factory=dict)
+    finished_at: float = 0.0  # wall clock when the worker finished (the driver's transfer-time split)
+
+    @classmethod
+    def from_windows(cls, windows: dict, **fields) -> "ImaginedBatch":
+        """A shard from all its imagined windows (numpy, `WINDOW_KEYS`): the non-finite ones dropped and counted."""
+        arrays = {k: np.asarray(windows[k]) for k in WINDOW_KEYS}
+        count = len(arrays["observations"])
+        finite = np.ones(count, dtype=bool)
+        for value in arrays.values():
+            finite &= np.isfinite(value.astype(np.float64, copy=False)).reshape(count, -1).all(axis=1)
+        kept = arrays if finite.all() else {k: v[finite] for k, v in arrays.items()}
+        return cls(windows=kept, num_nonfinite=int(count - finite.sum()), **fields)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows["observations"])
+
+    @classmethod
+    def merge(cls, shards: list["ImaginedBatch"]) -> "ImaginedBatch":
+        """Shards in any order -> the request, in request order: windows concatenated, counts added, metrics
+        combined (transitions/s of the whole request: its transitions over the slowest shard's time; a
+        resampling guide's gain from every unit's sums, in request order, so any split gives the same gain)."""
+        shards = sorted(shards, key=lambda shard: shard.start_index)
+        for name in ("weights_seq_no", "normalizer_version"):
+            values = [getattr(shard, name) for shard in shards]
+            if len(set(values)) != 1:
+                raise RuntimeError(f"imagination shards disagree on {name}: {values}")
+        first = shards[0]
+        windows = {k: np.concatenate([shard.windows[k] for shard in shards]) for k in WINDOW_KEYS}
+        num_transitions = sum(shard.metrics["num_transitions"] for shard in shards)
+        imagine_s = max(shard.metrics["imagine_s"] for shard in shards)
+        metrics = {"num_transitions": num_transitions, "imagine_s": imagine_s,
+                   "transitions_per_s": num_transitions / max(imagine_s, 1e-9),
+                   "delta": first.metrics["delta"], "num_shards": len(shards)}
+        if "resampling_gain_sums" in first.metrics:
+            from agd_ray.world_model.diagnostics import gain_from_sums
+
+            units = [unit for shard in shards for unit in shard.metrics["resampling_gain_sums"]]
+            metrics.update(gain_from_sums({k: sum(unit[k] for unit in units) for k in units[0]}))
+        for key in ("advantage_gain", "advantage_gain_sigma"):  # the twin-batch measurement: the first shard's
+            if key in first.metrics:
+                metrics[key] = first.metrics[key]
+        return cls(windows=windows, weights_seq_no=first.weights_seq_no, normalizer_version=first.normalizer_version,
+                   start_index=first.start_index, num_nonfinite=sum(shard.num_nonfinite for shard in shards),
+                   metrics=metrics, finished_at=max(shard.finished_at for shard in shards))
+
+    def to_episodes(self, observation_space=None, action_space=None) -> list[SingleAgentEpisode]:
+        """One RLlib episode per window (`windows_to_episodes`)."""
+        return windows_to_episodes(self.windows, weights_seq_no=self.weights_seq_no,
+                                   observation_space=observation_space, action_space=action_space)
 
 
 def windows_to_episodes(

@@ -107,13 +107,13 @@ def split_request(batch_size: int, num_workers: int, unit_size: int) -> list[tup
 
 
 def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index: int, seed: int, unit_size: int,
-                    advantage_gain_windows: int = 0, sim_state: dict | None = None) -> dict:
+                    advantage_gain_windows: int = 0, sim_state: dict | None = None, weights_seq_no: int = -1):
     """Guided windows from `start_obs: [n, D_s]`, the request's windows start_index..start_index+n, sampled
     unit by unit (see the module doc) with the model's EMA weights, normaliser and delta, guided by `module`
-    (policy and critic). Numpy arrays ready for `windows_to_episodes`, with the guiding policy's
-    `action_logp` and `action_dist_inputs`, plus metrics. `model` may be a `SimulatorImagination`, which
+    (policy and critic, version `weights_seq_no`). An `ImaginedBatch`: the finite windows, with the guiding
+    policy's `action_logp` and `action_dist_inputs`, and metrics. `model` may be a `SimulatorImagination`, which
     takes the start states' `sim_state` (qpos [n, nq], qvel [n, nv])."""
-    from agd_ray.imagination import make_critic, make_policy, policy_outputs
+    from agd_ray.imagination import ImaginedBatch, make_critic, make_policy, policy_outputs
 
     started = time.perf_counter()
     policy, critic = make_policy(module), make_critic(module)
@@ -151,8 +151,9 @@ def imagine_windows(model, module, guide, start_obs: np.ndarray, *, start_index:
             metrics["advantage_gain_sigma"] = gain["guidance/advantage_gain_sigma"]
         else:
             metrics["advantage_gain"] = metrics["advantage_gain_sigma"] = 0.0
-    return {"windows": windows, "start_index": int(start_index), "finished_at": time.time(),
-            "normalizer_version": model.normalizer.version, "metrics": metrics}
+    return ImaginedBatch.from_windows(windows, weights_seq_no=int(weights_seq_no), start_index=int(start_index),
+                                      normalizer_version=model.normalizer.version, metrics=metrics,
+                                      finished_at=time.time())
 
 
 def _build_imaginer(model, source: str, env_id: str | None):
@@ -285,7 +286,7 @@ class WorldModelWorker:
 
     # -- imagination ---------------------------------------------------------------------------------------
     def imagine(self, *, seed: int, batch_size: int | None = None, start_observations=None, start_index: int = 0,
-                stop_index: int | None = None, unit_size: int | None = None, advantage_gain_windows: int = 0) -> dict:
+                stop_index: int | None = None, unit_size: int | None = None, advantage_gain_windows: int = 0):
         """Guided windows with the current policy/critic version (see `imagine_windows`); the delta is not
         adapted here (`adapt_delta`, once per merged request).
 
@@ -299,12 +300,11 @@ class WorldModelWorker:
         start_states = _resolve(start_observations)
         start_obs = _start_observations(start_states)
         stop_index = len(start_obs) if stop_index is None else int(stop_index)
-        out = imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
-                              start_index=start_index, seed=seed, unit_size=int(unit_size or len(start_obs)),
-                              advantage_gain_windows=advantage_gain_windows,
-                              sim_state=_sim_state(start_states, start_index, stop_index))
-        out["weights_seq_no"] = self.weights_seq_no
-        return out
+        return imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
+                               start_index=start_index, seed=seed, unit_size=int(unit_size or len(start_obs)),
+                               advantage_gain_windows=advantage_gain_windows,
+                               sim_state=_sim_state(start_states, start_index, stop_index),
+                               weights_seq_no=self.weights_seq_no)
 
     def quality(self, *, windows, env_id: str, seed: int, normalize_actions: bool = True) -> dict:
         """World-model quality and the guide's effect on real windows from replay (ALGORITHM.md 7), with the
@@ -400,19 +400,18 @@ class ImaginationWorker:
             self.weights_seq_no = int(seq_no)
 
     def imagine(self, *, world_model_state, module_state, log_delta: float, start_observations, seed: int,
-                start_index: int, stop_index: int, unit_size: int, advantage_gain_windows: int = 0) -> dict:
+                start_index: int, stop_index: int, unit_size: int, advantage_gain_windows: int = 0):
         """Windows start_index..stop_index of a request (see `WorldModelWorker.imagine`) with the given
         model version, module version and log delta."""
         self._load(world_model_state, module_state)
         self.model.log_delta = float(log_delta)
         start_states = _resolve(start_observations)
         start_obs = _start_observations(start_states)
-        out = imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
-                              start_index=start_index, seed=seed, unit_size=int(unit_size),
-                              advantage_gain_windows=advantage_gain_windows,
-                              sim_state=_sim_state(start_states, start_index, stop_index))
-        out["weights_seq_no"] = self.weights_seq_no
-        return out
+        return imagine_windows(self.imaginer, self.module, self.guide, start_obs[start_index:stop_index],
+                               start_index=start_index, seed=seed, unit_size=int(unit_size),
+                               advantage_gain_windows=advantage_gain_windows,
+                               sim_state=_sim_state(start_states, start_index, stop_index),
+                               weights_seq_no=self.weights_seq_no)
 
 
 @ray.remote
@@ -476,26 +475,8 @@ class ImaginationPool:
                 for worker, (start, stop) in zip(self.workers, ranges)]
 
     @staticmethod
-    def merge(results: list[dict]) -> dict:
-        """Shards in request order -> one answer: windows concatenated, metrics combined (transitions/s of
-        the whole request: its transitions over the slowest shard's time)."""
-        results = sorted(results, key=lambda r: r["start_index"])
-        for key in ("weights_seq_no", "normalizer_version"):
-            if len({r[key] for r in results}) != 1:
-                raise RuntimeError(f"imagination shards disagree on {key}: {[r[key] for r in results]}")
-        windows = {k: np.concatenate([r["windows"][k] for r in results]) for k in results[0]["windows"]}
-        num_transitions = sum(r["metrics"]["num_transitions"] for r in results)
-        imagine_s = max(r["metrics"]["imagine_s"] for r in results)
-        metrics = {"num_transitions": num_transitions, "imagine_s": imagine_s,
-                   "transitions_per_s": num_transitions / max(imagine_s, 1e-9),
-                   "delta": results[0]["metrics"]["delta"], "num_shards": len(results)}
-        if "resampling_gain_sums" in results[0]["metrics"]:  # every unit's sums in request order: any split
-            from agd_ray.world_model.diagnostics import gain_from_sums  # of the request adds them up the same way
+    def merge(results: list):
+        """Shards (`ImaginedBatch`es) in any order -> the request's `ImaginedBatch` (`ImaginedBatch.merge`)."""
+        from agd_ray.imagination import ImaginedBatch
 
-            units = [unit for r in results for unit in r["metrics"]["resampling_gain_sums"]]
-            metrics.update(gain_from_sums({k: sum(unit[k] for unit in units) for k in units[0]}))
-        for key in ("advantage_gain", "advantage_gain_sigma"):  # the twin-batch measurement: the first shard's
-            if key in results[0]["metrics"]:
-                metrics[key] = results[0]["metrics"][key]
-        return {"windows": windows, "weights_seq_no": results[0]["weights_seq_no"],
-                "normalizer_version": results[0]["normalizer_version"], "metrics": metrics}
+        return ImaginedBatch.merge(results)

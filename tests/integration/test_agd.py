@@ -109,9 +109,9 @@ def test_agd_counters_and_checkpoint(local_ray, tmp_path):
         # not stored in the checkpoint: imagined again on restore, and the same batch
         again = ray.get(restored._pending_imagination)
         assert len(again) == len(pending) == 1
-        for key, value in pending[0]["windows"].items():
-            np.testing.assert_array_equal(again[0]["windows"][key], value, err_msg=key)
-        assert again[0]["weights_seq_no"] == pending[0]["weights_seq_no"]
+        for key, value in pending[0].windows.items():
+            np.testing.assert_array_equal(again[0].windows[key], value, err_msg=key)
+        assert again[0].weights_seq_no == pending[0].weights_seq_no
         after = counters(restored.train())
     finally:
         restored.stop()
@@ -209,7 +209,7 @@ def test_env_termination_rule_decides_the_imagined_windows(local_ray):
         (batch,) = ray.get(algo._pending_imagination)
     finally:
         algo.stop()
-    windows = batch["windows"]
+    windows = batch.windows
     expected = window_terminals(terminal_rule("InvertedPendulum-v5"), torch.as_tensor(windows["observations"]))
     np.testing.assert_array_equal(windows["terminals"], expected.numpy())
     assert len(windows["terminals"]) == BATCH

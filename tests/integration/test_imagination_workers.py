@@ -68,13 +68,13 @@ def _request(pool, replay, module_state, seed):
 
 
 def _assert_same(one, two):
-    assert one["windows"].keys() == two["windows"].keys()
-    for key in one["windows"]:
-        np.testing.assert_array_equal(one["windows"][key], two["windows"][key], err_msg=key)
-    for key in ("weights_seq_no", "normalizer_version"):
-        assert one[key] == two[key]
+    assert one.windows.keys() == two.windows.keys()
+    for key in one.windows:
+        np.testing.assert_array_equal(one.windows[key], two.windows[key], err_msg=key)
+    for key in ("weights_seq_no", "normalizer_version", "num_nonfinite"):
+        assert getattr(one, key) == getattr(two, key), key
     for key in ("num_transitions", "delta", "advantage_gain"):
-        assert one["metrics"][key] == two["metrics"][key], key
+        assert one.metrics[key] == two.metrics[key], key
 
 
 def test_two_workers_give_the_same_windows_as_one(local_ray):
@@ -91,11 +91,11 @@ def test_two_workers_give_the_same_windows_as_one(local_ray):
     ray.get(trainer.train.remote(num_updates=10))
 
     first = _request(one, replay, module_state, seed=5)
-    assert first["metrics"]["num_shards"] == 1 and first["weights_seq_no"] == 3
-    assert first["windows"]["observations"].shape == (BATCH, H, D_S)
-    assert first["metrics"]["num_transitions"] == BATCH * (H - 1)
+    assert first.metrics["num_shards"] == 1 and first.weights_seq_no == 3
+    assert first.windows["observations"].shape == (BATCH, H, D_S)
+    assert first.metrics["num_transitions"] == BATCH * (H - 1)
     sharded = _request(two, replay, module_state, seed=5)
-    assert sharded["metrics"]["num_shards"] == 2
+    assert sharded.metrics["num_shards"] == 2
     _assert_same(first, sharded)
 
     # After the trainer adapts delta and trains on, both pools follow the new versions, still in step.
@@ -106,8 +106,8 @@ def test_two_workers_give_the_same_windows_as_one(local_ray):
     one.model_changed()
     two.model_changed()
     again = _request(one, replay, module_state, seed=5)
-    assert again["metrics"]["delta"] > first["metrics"]["delta"]
-    assert not np.array_equal(again["windows"]["actions"], first["windows"]["actions"])
+    assert again.metrics["delta"] > first.metrics["delta"]
+    assert not np.array_equal(again.windows["actions"], first.windows["actions"])
     _assert_same(again, _request(two, replay, module_state, seed=5))
 
 

@@ -6,12 +6,14 @@ reassemble into the whole request, and `split_request` / `ImaginationPool.merge`
 `diagnostics.gain_in_sigma` on the whole batch.
 """
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from agd_ray.imagination import WINDOW_KEYS, ImaginedBatch
 from agd_ray.replay.buffer import ReplayBuffer
 from agd_ray.world_model import GuideConfig, WorldModelConfig
 from agd_ray.world_model.actor import ImaginationPool, WorldModelWorker, split_request
@@ -108,14 +110,14 @@ BATCH, UNIT = 10, 4  # windows per request and per generator unit: units [0, 4),
 def test_imagine_returns_the_requested_windows_from_replay_start_states(setup):
     worker, replay, _ = setup
     out = worker.imagine(seed=5, batch_size=BATCH, unit_size=UNIT)
-    windows = out["windows"]
+    windows = out.windows
     shapes = {"observations": (BATCH, H, D_S), "actions": (BATCH, H, D_A), "rewards": (BATCH, H),
               "terminals": (BATCH, H), "action_logp": (BATCH, H), "action_dist_inputs": (BATCH, H, 2 * D_A)}
     assert {k: v.shape for k, v in windows.items()} == shapes
-    assert out["weights_seq_no"] == 7 and out["start_index"] == 0
-    assert out["normalizer_version"] == replay.normalizer_snapshot().version
-    assert out["metrics"]["num_transitions"] == BATCH * (H - 1)
-    assert len(out["metrics"]["resampling_gain_sums"]) == math.ceil(BATCH / UNIT)  # one per unit
+    assert out.weights_seq_no == 7 and out.start_index == 0
+    assert out.normalizer_version == replay.normalizer_snapshot().version
+    assert out.metrics["num_transitions"] == BATCH * (H - 1)
+    assert len(out.metrics["resampling_gain_sums"]) == math.ceil(BATCH / UNIT)  # one per unit
     # The start states are replay's, drawn with the request's seed, and inpainted exactly.
     starts = replay.sample_start_states(BATCH, rng=np.random.default_rng(5))
     np.testing.assert_array_equal(windows["observations"][:, 0], starts)
@@ -125,7 +127,7 @@ def test_imagine_reports_the_module_version_it_was_given(setup):
     worker, _, state = setup
     try:
         worker.set_module_state(state, 12)
-        assert worker.imagine(seed=1, batch_size=2)["weights_seq_no"] == 12
+        assert worker.imagine(seed=1, batch_size=2).weights_seq_no == 12
     finally:
         worker.set_module_state(state, 7)
 
@@ -140,16 +142,16 @@ def test_shards_of_a_request_merged_out_of_order_equal_the_whole_request(setup):
               for lo, hi in ranges]
     merged = ImaginationPool.merge([shards[2], shards[0], shards[1]])
 
-    assert merged["windows"].keys() == whole["windows"].keys()
-    for key in whole["windows"]:
-        np.testing.assert_array_equal(merged["windows"][key], whole["windows"][key], err_msg=key)
-    assert merged["weights_seq_no"] == whole["weights_seq_no"] == 7
-    assert merged["metrics"]["num_shards"] == 3 and whole["metrics"]["num_shards"] == 1
-    assert merged["metrics"]["num_transitions"] == whole["metrics"]["num_transitions"] == BATCH * (H - 1)
+    assert merged.windows.keys() == whole.windows.keys()
+    for key in whole.windows:
+        np.testing.assert_array_equal(merged.windows[key], whole.windows[key], err_msg=key)
+    assert merged.weights_seq_no == whole.weights_seq_no == 7
+    assert merged.metrics["num_shards"] == 3 and whole.metrics["num_shards"] == 1
+    assert merged.metrics["num_transitions"] == whole.metrics["num_transitions"] == BATCH * (H - 1)
     for key in ("advantage_gain", "advantage_gain_sigma"):  # the same unit sums, added in the same order
-        assert merged["metrics"][key] == whole["metrics"][key], key
+        assert merged.metrics[key] == whole.metrics[key], key
 
-    shards[1] = {**shards[1], "weights_seq_no": 8}
+    shards[1] = dataclasses.replace(shards[1], weights_seq_no=8)
     with pytest.raises(RuntimeError, match="weights_seq_no"):
         ImaginationPool.merge(shards)
 
@@ -178,10 +180,11 @@ def _made_up_shard(lo, hi, unit, advantages, selected, imagine_s):
     """A worker's answer for windows lo..hi with the gain sums of each unit in it, and row markers as windows."""
     sums = [resampling_gain_sums(advantages[u:min(u + unit, hi)], selected[u:min(u + unit, hi)])
             for u in range(lo, hi, unit)]
-    windows = {"observations": np.arange(lo, hi, dtype=np.float32)[:, None, None] * np.ones((1, H, D_S))}
-    return {"windows": windows, "start_index": lo, "weights_seq_no": 4, "normalizer_version": 2,
-            "metrics": {"num_transitions": (hi - lo) * (H - 1), "imagine_s": imagine_s, "delta": 0.1,
-                        "resampling_gain_sums": sums}}
+    windows = {k: np.zeros((hi - lo, H)) for k in WINDOW_KEYS}
+    windows["observations"] = np.arange(lo, hi, dtype=np.float32)[:, None, None] * np.ones((1, H, D_S))
+    return ImaginedBatch(windows=windows, start_index=lo, weights_seq_no=4, normalizer_version=2,
+                         metrics={"num_transitions": (hi - lo) * (H - 1), "imagine_s": imagine_s, "delta": 0.1,
+                                  "resampling_gain_sums": sums})
 
 
 @pytest.mark.parametrize("batch, workers, unit, candidates", [(10, 3, 4, 4), (37, 4, 5, 3), (64, 2, 64, 8),
@@ -196,12 +199,40 @@ def test_merge_concatenates_in_request_order_and_combines_gains_exactly(batch, w
               for (lo, hi), s in zip(ranges, seconds, strict=True)]
     merged = ImaginationPool.merge(shards[::-1])  # answers arrive in any order
 
-    rows = merged["windows"]["observations"][:, 0, 0]
+    rows = merged.windows["observations"][:, 0, 0]
     np.testing.assert_array_equal(rows, np.arange(batch))
-    metrics = merged["metrics"]
+    metrics = merged.metrics
     assert metrics["num_shards"] == len(ranges) and metrics["num_transitions"] == batch * (H - 1)
     assert metrics["transitions_per_s"] == pytest.approx(batch * (H - 1) / max(seconds), rel=1e-12)
     kept = advantages[torch.arange(batch), selected]  # [B]: the windows the guide kept, the whole batch at once
     want = gain_in_sigma(kept, advantages)
     assert metrics["advantage_gain"] == pytest.approx(want["advantage_gain"], rel=1e-9, abs=1e-12)
     assert metrics["advantage_gain_sigma"] == pytest.approx(want["advantage_gain_sigma"], rel=1e-9)
+
+
+def test_non_finite_windows_are_dropped_where_imagined_and_counted_through_the_merge():
+    """A window with a NaN or inf in any of its arrays (states, actions, rewards, the policy's outputs) leaves
+    the shard it was imagined in; the others keep their order, and the merged request counts every drop."""
+    rng = np.random.default_rng(0)
+
+    def shard(lo, hi, bad):
+        windows = {"observations": rng.normal(size=(hi - lo, H, D_S)), "actions": rng.normal(size=(hi - lo, H, D_A)),
+                   "rewards": rng.normal(size=(hi - lo, H)), "terminals": np.zeros((hi - lo, H), dtype=bool),
+                   "action_logp": rng.normal(size=(hi - lo, H)),
+                   "action_dist_inputs": rng.normal(size=(hi - lo, H, 2 * D_A))}
+        windows["observations"][:, 0, 0] = np.arange(lo, hi)  # row markers
+        for row, (key, value) in bad.items():
+            windows[key][row - lo].flat[-1] = value
+        return ImaginedBatch.from_windows(windows, weights_seq_no=1, normalizer_version=1, start_index=lo,
+                                          metrics={"num_transitions": (hi - lo) * (H - 1), "imagine_s": 1.0,
+                                                   "delta": 0.1})
+
+    first = shard(0, 5, {1: ("rewards", np.nan), 4: ("action_dist_inputs", np.inf)})
+    second = shard(5, 9, {5: ("action_logp", -np.inf)})
+    assert first.num_nonfinite == 2 and first.num_windows == 3
+    assert second.num_nonfinite == 1 and second.num_windows == 3
+    merged = ImaginedBatch.merge([second, first])
+    np.testing.assert_array_equal(merged.windows["observations"][:, 0, 0], [0, 2, 3, 6, 7, 8])
+    assert merged.num_nonfinite == 3 and merged.metrics["num_transitions"] == 9 * (H - 1)
+    assert all(np.isfinite(v.astype(float)).all() for v in merged.windows.values())
+    assert [len(e) for e in merged.to_episodes()] == [H - 1] * 6  # no terminals: truncated windows
