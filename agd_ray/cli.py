@@ -22,6 +22,7 @@ import sys
 import time
 
 from agd_ray.sweep import add_sweep_parser, local_ray_cpus, sweep_main
+from agd_ray.tuned import apply_tuned
 
 GUIDE_CHOICES = ("none", "sag", "eag", "reward", "swg", "model-free")
 PRESETS = ("cpu", "paper", "tiny")
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on one environment and write outputs to --output",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--env", default="HalfCheetah-v5",
-                       help="MuJoCo task: HalfCheetah-v5, Hopper-v5, Walker2d-v5, Reacher-v5 or InvertedPendulum-v5")
+                       help="MuJoCo task: HalfCheetah-v5, Hopper-v5, Walker2d-v5, Reacher-v5 or InvertedPendulum-v5; "
+                            "a task with a tuned file (tuned/<env>.yaml) starts from its settings (see --no-tuned)")
     train.add_argument("--guide", default="sag", action=_StoreGiven,
                        help="guidance kind: none (PolyGRAD), sag, eag (AGD: by default one of "
                             "guidance.candidates=4 imagined windows per start state kept in proportion to its "
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "run is refused; --resume DIR continues one)")
     train.add_argument("--preset", default=None,
                        help="sizes: cpu (laptop), paper (ALGORITHM.md sizes, GPU) or tiny (smoke tests); "
-                            "default: paper if CUDA is present")
+                            "default: the tuned file's, else paper if CUDA is present")
     train.add_argument("--address", default=None,
                        help="join a running Ray cluster (e.g. 'auto'); default: start an embedded local Ray")
     train.add_argument("--num-env-runners", type=int, default=None, help="real env runners (default: preset)")
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted keys over the preset, as a sweep file's config: e.g. "
                             "world_model.policy_guidance=causal imagination.termination=env "
                             "world_model.updates_per_env_step=2")
+    train.add_argument("--no-tuned", action="store_true",
+                       help="start from the preset's defaults, not from the task's tuned settings (tuned/<env>.yaml: "
+                            "the settings measured to learn it, with a pointer to docs/RESULTS.md); without it they "
+                            "are used, the first output line names the file, and a flag or --config key given "
+                            "overrides the file's value for the same setting; a --preset other than the file's also "
+                            "leaves the file unused")
     train.add_argument("--resume", default=None, metavar="DIR",
                        help="continue the run in DIR (an earlier --output) from DIR/checkpoint, with DIR/config.json's "
                             "settings; only --env-steps, --checkpoint-every, --address and --num-cpus may be given")
@@ -618,6 +626,13 @@ def train(args) -> int:
     resuming = args.resume is not None
     if resuming:
         args = resume_args(args)
+    else:  # the task's tuned settings under the command line's (agd_ray/tuned.py); --resume keeps config.json's
+        try:
+            args, line = apply_tuned(args, presets=PRESETS, flag_keys=CONFLICTING_KEYS)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if line:
+            print(line, flush=True)
     resolved = check_train_args(args)
     output: pathlib.Path = resolved["output"]
     if resuming:

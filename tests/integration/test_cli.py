@@ -61,5 +61,5 @@ def test_help_documents_every_flag():
     assert result.returncode == 0
     for flag in ("--env", "--guide", "--temperature", "--env-steps", "--seed", "--output", "--preset", "--address",
                  "--horizon", "--scale", "--num-env-runners", "--eval-interval", "--checkpoint-every", "--config",
-                 "--num-cpus", "--resume", "--overwrite"):
+                 "--num-cpus", "--resume", "--overwrite", "--no-tuned"):
         assert flag in result.stdout
