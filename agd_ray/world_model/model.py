@@ -342,7 +342,8 @@ class WorldModel:
         norm = self.normalizer
         settings = SamplerSettings(self.config.clip_state_change, self.config.clip_last_steps,
                                    self.config.action_clamp_sigmas, self.config.action_bound,
-                                   self.config.policy_guidance, self.config.action_input)
+                                   self.config.policy_guidance, self.config.action_input,
+                                   self.config.causal_warm_steps)
         x0, actions = sample_windows(
             self.ema_denoiser, self._reverse_steps, norm.normalize("observations", start),
             act_dim=self.act_dim, policy=policy, critic=critic,

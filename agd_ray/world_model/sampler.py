@@ -27,6 +27,7 @@ class SamplerSettings:
     action_bound: float | None = None  # the denoiser is conditioned on actions clipped to +- this (None: not)
     policy_guidance: str = "score"  # "score" (PolyGRAD), "reparam" or "causal" (ours); see sample_windows
     action_input: str = "scaled"  # the denoiser's action input: sqrt(alpha_bar_t) * a ("scaled") or a ("clean")
+    causal_warm_steps: int = 0  # "causal": later reverse processes run the last M steps from the previous window
 
 
 def denoiser_actions(actions: torch.Tensor, sqrt_alpha_bar, action_input: str) -> torch.Tensor:
@@ -241,8 +242,13 @@ class CausalGuidance:
 
         start = job.start_obs
         prefix = _Prefix(start[:, None], start.new_zeros((batch, 0, 2)), committed_action(start, 0))
+        warm, previous = job.settings.causal_warm_steps, None
         for h in range(horizon - 1):
-            x, _ = _reverse_process(job, actions, prefix=prefix)
+            if warm and previous is not None:  # the last M steps, from the previous window noised to their start
+                x, a = _reverse_process(job, actions, prefix=prefix, steps=job.steps[-warm:], warm_start=previous)
+            else:
+                x, a = _reverse_process(job, actions, prefix=prefix)
+            previous = (x, a)
             prefix = _Prefix(torch.cat([prefix.states, x[:, h + 1: h + 2, :obs_dim]], dim=1),
                              torch.cat([prefix.reward_terminal, x[:, h: h + 1, obs_dim: obs_dim + 2]], dim=1),
                              torch.cat([prefix.actions, committed_action(x[:, h + 1, :obs_dim], h + 1)], dim=1))
@@ -254,12 +260,16 @@ PolicyGuidance = ScoreGuidance | ReparamGuidance | CausalGuidance
 POLICY_GUIDANCE = {rule.name: rule for rule in (ScoreGuidance(), ReparamGuidance(), CausalGuidance())}
 
 
-def _reverse_process(job: _Job, actions, prefix: _Prefix | None = None):
+def _reverse_process(job: _Job, actions, prefix: _Prefix | None = None, steps: list | None = None,
+                     warm_start: tuple | None = None):
     """One guided reverse process (see `sample_windows`), its actions moved by `actions` (`_ScoreActions` or
     `_ReparamActions`); with `prefix`, its states, rewards/terminals and actions are inpainted at every step
-    (else only s[0])."""
-    (denoiser, steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
+    (else only s[0]). `steps`: the reverse steps to run (default: all the job's). `warm_start`: (x_0, actions) of
+    an earlier window (normalised), which starts the process noised to the first step's level, x_t = q(x_t | x_0),
+    with its actions, instead of from pure noise."""
+    (denoiser, all_steps, start_obs, act_dim, policy, critic, guide, normalizer, delta, settings, generator,
      autocast) = job
+    steps = all_steps if steps is None else steps
     batch, obs_dim = start_obs.shape
     if prefix is None:
         prefix = _Prefix(start_obs[:, None], start_obs.new_zeros((batch, 0, 2)),
@@ -276,8 +286,14 @@ def _reverse_process(job: _Job, actions, prefix: _Prefix | None = None):
     device = start_obs.device
     x_dim = getattr(denoiser, "x_dim", obs_dim + 2)  # D_x: D_s + 3 with a weight channel; any denoiser: D_s + 2
     shape_x, shape_a = (batch, horizon, x_dim), (batch, horizon, act_dim)
-    x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
-    a = prefix.fix_actions(actions.initial(torch.randn(shape_a, generator=generator, device=device)))
+    if warm_start is None:
+        x = prefix.inpaint(torch.randn(shape_x, generator=generator, device=device))
+        a = prefix.fix_actions(actions.initial(torch.randn(shape_a, generator=generator, device=device)))
+    else:
+        x0, a0 = warm_start
+        x = prefix.inpaint(q_sample(x0, steps[0].sqrt_alpha_bar_t,
+                                    torch.randn(shape_x, generator=generator, device=device)))
+        a = prefix.fix_actions(a0)
     num_steps = len(steps)
     for i, step in enumerate(steps):
         steps_left = num_steps - 1 - i

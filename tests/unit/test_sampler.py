@@ -293,11 +293,13 @@ def test_policy_guidance_is_checked():
         WorldModelConfig(policy_guidance="sample")
 
 
-def test_causal_windows_commit_one_transition_per_reverse_process(model):
-    """policy_guidance="causal": H - 1 reverse processes of K steps; while the h-th runs, the returned s[0..h],
+@pytest.mark.parametrize("warm", [0, 3, 1])
+def test_causal_windows_commit_one_transition_per_reverse_process(model, warm):
+    """policy_guidance="causal": H - 1 reverse processes, the first of K steps and the others of K steps (warm = 0)
+    or of the last `warm` of them, started from the previous window; while the h-th runs, the returned s[0..h],
     r/d[0..h-1] and a[0..h] are already what it is fed (inpainted, never changed later), and every returned action
     is the policy's sample at the state it is paired with (z standard normal, a statistical check)."""
-    wm = _reparam_model(model, policy_guidance="causal")
+    wm = _reparam_model(model, policy_guidance="causal", causal_warm_steps=warm)
     seen = []
     original = wm.ema_denoiser.forward
 
@@ -312,14 +314,18 @@ def test_causal_windows_commit_one_transition_per_reverse_process(model):
                      generator=torch.Generator().manual_seed(0))
     del wm.ema_denoiser.forward
     k = len(wm._reverse_steps)
-    assert len(seen) == (H - 1) * k
+    later = warm or k  # denoiser calls of each process after the first
+    assert len(seen) == k + (H - 2) * later
+    timesteps = [t for _, _, t in seen]
+    every_t = [s.t for s in wm._reverse_steps]
+    assert timesteps == every_t + every_t[k - later:] * (H - 2)  # the schedule's last `later` steps, in order
     norm = wm.normalizer
     states = norm.normalize("observations", out["observations"])
     actions = norm.normalize("actions", out["actions"])
     rewards = norm.normalize("rewards", out["rewards"])
     alpha_bar = {s.t: s.sqrt_alpha_bar_t for s in wm._reverse_steps}
     for i, (x, scaled, t) in enumerate(seen):
-        h = i // k
+        h = 0 if i < k else 1 + (i - k) // later
         torch.testing.assert_close(x[:, : h + 1, :DS], states[:, : h + 1], rtol=0, atol=1e-5)
         torch.testing.assert_close(x[:, :h, DS], rewards[:, :h], rtol=0, atol=1e-5)
         torch.testing.assert_close(scaled[:, : h + 1] / alpha_bar[t], actions[:, : h + 1], rtol=0, atol=1e-4)
@@ -538,3 +544,9 @@ def test_a_rule_passed_per_call_equals_the_model_configured_with_it(model, rule)
 def test_an_unknown_rule_per_call_is_refused_by_name(model):
     with pytest.raises(ValueError, match=r"policy_guidance='joint'; allowed: score, reparam, causal"):
         model.imagine(_start(), policy=policy, policy_guidance="joint")
+
+
+@pytest.mark.parametrize("warm", [-1, 21, 2.5])
+def test_causal_warm_steps_are_checked(warm):
+    with pytest.raises(ValueError, match="causal_warm_steps"):
+        WorldModelConfig(horizon=H, diffusion_steps=20, sampling_steps=20, causal_warm_steps=warm)
