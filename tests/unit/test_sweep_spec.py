@@ -14,7 +14,7 @@ SMOKE = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
 
 
 @pytest.mark.parametrize("name, num_trials", [("smoke", 2), ("guidance_temperature", 2 * 4 * 3), ("baselines", 6 * 5),
-                                             ("halfcheetah_cpu", 3 * 5)])
+                                             ("halfcheetah_cpu", 3 * 5), ("guidance_temperature_cpu", 2 * 4 * 3)])
 def test_shipped_files_load_and_expand(name, num_trials):
     from ray.tune.search.variant_generator import generate_variants
 
