@@ -123,6 +123,7 @@ class AGD(PPO):
         self._transfer_s = dict.fromkeys(_WAITS, 0.0)  # of which after the actors had finished: moving data
         self._prefetched = 0
         self._actor_generation = 0  # +1 each time `_recover_actors` recreates actors
+        self._replay_snapshot_taken = False  # whether `_snapshot_actors` has written replay since setup or restore
         if not self.config.model_based:
             return
         from agd_ray.world_model.actor import ImaginationPool
@@ -592,6 +593,8 @@ class AGD(PPO):
         extra.mkdir(parents=True, exist_ok=True)
         (extra / "counters.json").write_text(json.dumps(self._counters))
         (extra / "format.json").write_text(json.dumps(CHECKPOINT_FORMAT))
+        # Trainable's time_total_s, which RLlib's own state leaves out: a restored run's results continue it.
+        (extra / "time.json").write_text(json.dumps({"time_total_s": float(self._time_total)}))
         if self.config.model_based:
             save_atomic(ray.get(self._world_model.get_state.remote()), extra / "world_model.pt")
             ray.get(self._replay.save.remote(str((extra / "replay").resolve())))
@@ -606,16 +609,31 @@ class AGD(PPO):
         if not extra.is_dir():
             return
         self._counters.update(json.loads((extra / "counters.json").read_text()))
+        if (extra / "time.json").is_file():  # checkpoints written before it: time_total_s starts again at 0
+            self._time_total = float(json.loads((extra / "time.json").read_text())["time_total_s"])
         if self.config.model_based:
+            import shutil
+
             import torch
 
-            state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
+            try:
+                state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
+            except Exception as error:  # noqa: BLE001 - torch raises several kinds for a damaged file
+                raise ValueError(f"checkpoint {path}: {extra / 'world_model.pt'} is unreadable "
+                                 f"({type(error).__name__}: {_first_line(error)})") from None
             try:
                 ray.get(self._world_model.set_state.remote(state))
             except ray.exceptions.RayTaskError as error:
                 raise ValueError(f"checkpoint {path}: its world model does not fit this config "
-                                 f"({str(error.cause).splitlines()[0]})") from None
-            ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
+                                 f"({_first_line(error.cause)})") from None
+            try:
+                ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
+            except ray.exceptions.RayTaskError as error:  # ReplayBuffer.load's reason, naming the file
+                raise ValueError(f"checkpoint {path}: {_first_line(error.cause)}") from None
+            # Snapshots taken before this restore (by an earlier process with the same log directory) describe
+            # another state: an actor that dies before the next snapshot must not come back from them.
+            shutil.rmtree(self._snapshot_dir(), ignore_errors=True)
+            self._replay_snapshot_taken = False
             self._imagination.reset()
             self._counters["replay_connections"] += 1
             self._connect_env_runners()
@@ -630,6 +648,10 @@ class AGD(PPO):
         for actor in (self._world_model, self._replay, *workers):
             if actor is not None:
                 ray.kill(actor)
+        if self.config.model_based:  # the snapshots serve this run's actor restarts only (checkpoints resume)
+            import shutil
+
+            shutil.rmtree(self._snapshot_dir(), ignore_errors=True)
         super().cleanup()
 
 
@@ -642,6 +664,11 @@ def _alive(actor) -> bool:
         return False
     except ray.exceptions.GetTimeoutError:
         return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def save_atomic(state: dict, path: pathlib.Path) -> None:

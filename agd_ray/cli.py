@@ -5,14 +5,18 @@
 
 Every argument is checked before Ray starts: a bad one exits with status 2 and one line naming the value and
 what is allowed. `train` writes into --output: config.json, metrics.jsonl and metrics.csv (one row per
-iteration), TensorBoard events (tb/), checkpoint/ and learning_curve.png. `train --resume DIR` continues a run
+iteration), TensorBoard events (tb/), checkpoint/, the actors' snapshots while it runs (actor_snapshots/) and
+learning_curve.png. A failure after the checks is one line with exit status 2 as well (--debug: the traceback), with
+the actors stopped and Ray shut down. `train --resume DIR` continues a run
 that was stopped or killed from DIR/checkpoint (see `resume_args`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
 import json
 import logging
 import math
@@ -69,6 +73,17 @@ PRESET_SETTINGS = {
 
 class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit status 2."""
+
+
+DEBUG_HELP = "on an unexpected error, show Python's traceback (without it: one line naming the error, exit status 2)"
+
+
+def error_text(error: BaseException) -> str:
+    """An unexpected error in one line: its type and first line (an actor's error: the error the actor raised)."""
+    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
+    if isinstance(cause, BaseException):
+        error = cause
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _positive_float(name: str, text: str) -> float:
@@ -150,14 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "leaves the file unused")
     train.add_argument("--resume", default=None, metavar="DIR",
                        help="continue the run in DIR (an earlier --output) from DIR/checkpoint, with DIR/config.json's "
-                            "settings; only --env-steps, --checkpoint-every, --address and --num-cpus may be given")
+                            "settings; only --env-steps, --checkpoint-every, --address and --num-cpus may be given "
+                            "(each one given is applied; any other flag, even at its default, is refused)")
+    train.add_argument("--debug", action="store_true", help=DEBUG_HELP)
 
     evaluate = commands.add_parser("evaluate", help="run the mean action of a checkpoint's policy (no Ray)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("checkpoint", help="a checkpoint directory written by `agd-ray train` (OUTPUT/checkpoint)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to run (>= 1)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset")
-    evaluate.add_argument("--env", default=None, help="environment (default: the one in the checkpoint's config)")
+    evaluate.add_argument("--env", default=None,
+                          help="environment (default: the one in the checkpoint's config.json); its observation and "
+                               "action shapes must be the policy's")
+    evaluate.add_argument("--debug", action="store_true", help=DEBUG_HELP)
 
     bench = commands.add_parser("bench", help="run a benchmark from the source checkout's bench/ folder",
                                 description="Runs bench/NAME.py with the remaining arguments (see its --help). "
@@ -179,9 +199,12 @@ def resume_args(args):
     --address and --num-cpus from the command line (if given); any other flag given is refused (UsageError)."""
     directory = pathlib.Path(args.resume)
     defaults = build_parser().parse_args(["train"])
-    given = [name for name, value in vars(args).items()
-             if name not in (*RESUME_FLAGS, "resume", "command", "explicit_flags")
-             and value != getattr(defaults, name, None)]
+    # the options on the command line, at any value (main records them); else those that differ from the default
+    options = getattr(args, "given_options", None)
+    if options is None:
+        options = [name for name, value in vars(args).items() if value != getattr(defaults, name, None)]
+    given = [name for name in vars(args) if name in options
+             and name not in (*RESUME_FLAGS, "resume", "command", "explicit_flags", "debug", "given_options")]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} cannot be given with --resume; the settings come from {directory / 'config.json'} "
@@ -198,10 +221,12 @@ def resume_args(args):
         raise UsageError(f"{config_file} is unreadable or not written by this agd-ray train; cannot resume") from None
     resumed = argparse.Namespace(**{**vars(defaults), **stored})
     for name in RESUME_FLAGS:
-        if getattr(args, name) != getattr(defaults, name):
+        if name in options:
             setattr(resumed, name, getattr(args, name))
     resumed.output, resumed.resume, resumed.command = str(directory), str(directory), "train"
     resumed.explicit_flags, resumed.overwrite = (), False  # the stored settings were checked when the run began
+    resumed.given_options = None
+    resumed.debug = args.debug
     checkpoint_path(directory)  # refused now, before Ray starts
     return resumed
 
@@ -240,15 +265,48 @@ def save_checkpoint(algo, output: pathlib.Path, row: dict) -> pathlib.Path:
 
     final, tmp, old = output / "checkpoint", output / "checkpoint.tmp", output / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    algo.save_to_path(str(tmp.resolve()))
-    (tmp / CHECKPOINT_MARKER).write_text(json.dumps(
-        {"iteration": int(row.get("iteration") or 0), "env_steps": int(row.get("env_steps") or 0)}))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        algo.save_to_path(str(tmp.resolve()))
+        (tmp / CHECKPOINT_MARKER).write_text(json.dumps(
+            {"iteration": int(row.get("iteration") or 0), "env_steps": int(row.get("env_steps") or 0)}))
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except Exception as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        # A read-only or full disk: the partial save goes, the last complete checkpoint stays where it was.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.exists() and old.exists():
+            os.replace(old, final)
+        kept = (f"the last complete checkpoint, {final}, is kept" if (final / CHECKPOINT_MARKER).is_file()
+                else "no earlier checkpoint")
+        raise UsageError(f"could not write the checkpoint to {tmp}: {_os_error_text(cause)}; {kept}") from None
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# A file that cannot be written: no space, quota, read-only filesystem, permission, too large, I/O error.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error` (itself, or what an actor raised: replay writes its own checkpoint files), or
+    None for any other error."""
+    if isinstance(error, OSError) and not hasattr(error, "cause"):
+        return error
+    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
+    return cause if isinstance(cause, OSError) else None
+
+
+def _os_error_text(error: OSError) -> str:
+    """'No space left on device (errno 28): /path' in one line."""
+    if error.strerror:
+        text = error.strerror if "errno" in error.strerror else f"{error.strerror} (errno {error.errno})"
+        return f"{text}: {error.filename}" if error.filename else text
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def check_train_args(args) -> dict:
@@ -431,6 +489,114 @@ def check_local_resources(config, num_cpus: int | None) -> None:
     source = "--num-cpus" if num_cpus else "the machine's count"
     raise UsageError(f"the run's actors need {_cpus(total)} CPUs ({asked}) but the local Ray has {capacity} "
                      f"({source}); sizes that fit: {', or '.join(fits)}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new allocation now (Linux: MemAvailable), else its physical
+    memory; None where neither is known."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(count: float) -> str:
+    """1.2 GiB, 3.6 TiB, 512 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.3g} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.3g} TiB"
+
+
+def check_replay_memory(config) -> None:
+    """The replay actor allocates `replay.capacity` transitions at start (on this machine, with local Ray): a
+    capacity whose arrays exceed the memory available is refused before Ray starts, with the estimate and a
+    capacity that fits in half of it."""
+    capacity, available = config.replay_config.capacity, available_memory()
+    if not config.model_based or available is None or capacity * 4096 <= available:
+        return  # no env made (MuJoCo's model compile) where even 4 KiB a transition fits; these tasks need < 400 B
+    from agd_ray.envs.core import make_env
+    from agd_ray.replay.buffer import ReplayBuffer
+
+    probe = make_env(config.env, config.env_config)
+    try:
+        dims = (int(math.prod(probe.observation_space.shape)), int(math.prod(probe.action_space.shape)),
+                int(probe.unwrapped.model.nq), int(probe.unwrapped.model.nv))
+    finally:
+        probe.close()
+    per = ReplayBuffer.bytes_per_transition(*dims)
+    if per * capacity <= available:
+        return
+    fits = max(1000, int(available / 2 / per) // 1000 * 1000)
+    raise UsageError(f"replay.capacity={capacity} needs {_bytes(per * capacity)} ({per} bytes per {config.env} "
+                     f"transition) but this machine has {_bytes(available)} of memory available; a size that fits: "
+                     f"--config replay.capacity={fits} (half of it)")
+
+
+def gpu_demand(config) -> tuple[float, dict]:
+    """GPUs Ray must place for a run outside Tune (`AGD.default_resource_request`'s bundles less the driver's),
+    and what asks for them: {name: (count, GPUs each)}."""
+    from agd_ray.algorithm import AGD
+
+    bundles = AGD.default_resource_request(config).bundles
+    total = sum(float(b.get("GPU", 0)) for b in bundles[1:])
+    evaluation = config.get_evaluation_config_object()
+    eval_runners = (evaluation.num_env_runners if config.evaluation_interval else 0) or 0
+    parts = {"env runners": (config.num_env_runners, float(config.num_gpus_per_env_runner or 0)),
+             "evaluation runners": (eval_runners, float(evaluation.num_gpus_per_env_runner or 0)),
+             "learners": (config.num_learners, float(config.num_gpus_per_learner or 0) if config.num_learners else 0.0)}
+    if config.model_based:
+        training, imagination = config.world_model_training, config.imagination_config
+        parts["world model"] = (1, float(training.num_gpus))
+        if imagination.num_workers > 1:
+            parts["imagination workers"] = (imagination.num_workers,
+                                            float(imagination.worker_resources(training)["num_gpus"]))
+    return total, parts
+
+
+def local_ray_gpus() -> int:
+    """The GPUs an embedded local Ray finds on this machine (`ray.init` without num_gpus: its accelerator
+    manager's count, limited to CUDA_VISIBLE_DEVICES)."""
+    try:
+        from ray._private import accelerators
+
+        manager = accelerators.get_accelerator_manager_for_resource("GPU")
+        if manager is None:
+            return 0
+        count = int(manager.get_current_node_num_accelerators())
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return count if visible is None else min(count, len(visible))
+    except Exception:  # noqa: BLE001 - Ray's detection moved: count what torch sees, as Ray does for CUDA
+        import torch
+
+        return torch.cuda.device_count()
+
+
+def check_local_gpus(config) -> None:
+    """A run whose actors ask for more GPUs than the embedded local Ray finds waits for them forever: UsageError
+    with the demand, the GPUs found and a setting that fits, before Ray starts."""
+    total, parts = gpu_demand(config)
+    capacity = local_ray_gpus()
+    if total <= capacity + 1e-9:
+        return
+    asked = ", ".join(f"{name} {count} x {_cpus(each)}" for name, (count, each) in parts.items() if count * each)
+    fit = "give fewer GPUs to the actors that ask for them"
+    if parts.get("world model", (0, 0.0))[1] > 0:
+        keys = "world_model.num_gpus=0" if capacity == 0 else f"world_model.num_gpus={capacity} (or less)"
+        if config.imagination_config.num_gpus_per_worker:
+            keys += " imagination.num_gpus_per_worker=0"
+        fit = f"a setting that fits: --config {keys}" + (" (the world model on CPUs)" if capacity == 0 else "")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    found = f"{capacity} (found on this machine{'' if visible is None else f', CUDA_VISIBLE_DEVICES={visible!r}'})"
+    raise UsageError(f"the run's actors need {_cpus(total)} GPU{'' if total == 1 else 's'} ({asked}) but the local "
+                     f"Ray has {found}; {fit}")
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------
@@ -643,6 +809,8 @@ def train(args) -> int:
     config = build_config(args, resolved)
     if not args.address:
         check_local_resources(config, args.num_cpus)
+        check_local_gpus(config)
+        check_replay_memory(config)
     if not resuming:
         check_output_dir(output, args.overwrite)  # the last check: --overwrite removes nothing on bad input
         if args.overwrite and output.is_dir() and any(output.iterdir()):
@@ -658,6 +826,40 @@ def train(args) -> int:
 
 # Files and folders `train` writes into --output: a directory holding one of them holds a run.
 RUN_MARKERS = ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint", "checkpoint.old", "checkpoint.tmp")
+# The base of the actors' snapshots (recovery.snapshot_dir, unless --config sets it): OUTPUT/actor_snapshots/<the
+# process's RLlib log directory name>, removed when the run ends (AGD.cleanup) and, left by a killed driver, on
+# --resume.
+SNAPSHOT_DIR = "actor_snapshots"
+
+
+def check_checkpoint_data(checkpoint: pathlib.Path, model_based: bool) -> None:
+    """A checkpoint's world model (zip members against their CRCs) and replay (its sha256) checked whole before
+    Ray starts; UsageError naming the file and the reason otherwise."""
+    import zipfile
+
+    from agd_ray.replay.buffer import ReplayBuffer
+
+    if not model_based:
+        return
+    world_model = checkpoint / "agd" / "world_model.pt"
+    try:
+        with zipfile.ZipFile(world_model) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise UsageError(f"checkpoint {checkpoint}: {world_model} is unreadable ({_first_line(error)}); "
+                         f"cannot resume") from None
+    if bad is not None:
+        raise UsageError(f"checkpoint {checkpoint}: {world_model} is corrupt (its member {bad} fails its CRC); "
+                         f"cannot resume")
+    try:
+        ReplayBuffer.check_saved(checkpoint / "agd" / "replay")
+    except ValueError as error:
+        raise UsageError(f"checkpoint {checkpoint}: {error}; cannot resume") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_output_dir(output: pathlib.Path, overwrite: bool) -> None:
@@ -687,11 +889,12 @@ def finished_run_text(directory: pathlib.Path, env_steps: int) -> str | None:
 
 
 def _write_config(args, resolved, config, output: pathlib.Path) -> None:
-    stored = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "overwrite", "explicit_flags")}
+    stored = {k: v for k, v in vars(args).items()
+              if k not in ("command", "resume", "overwrite", "explicit_flags", "debug", "given_options")}
     stored["preset"] = resolved["preset"]  # as resolved here (the default depends on CUDA)
     (output / "config.json").write_text(json.dumps(
-        {"argv": sys.argv[1:], "args": stored, "preset": resolved["preset"], "guide": args.guide, "env": args.env,
-         "seed": args.seed, "env_steps": args.env_steps, **config.flat_sections(),
+        {"argv": sys.argv[1:], "args": stored, "preset": resolved["preset"], "guide": effective_guide(config),
+         "env": args.env, "seed": args.seed, "env_steps": args.env_steps, **config.flat_sections(),
          "ppo": {k: getattr(config, k) for k in ("lr", "gamma", "lambda_", "train_batch_size_per_learner",
                                                   "minibatch_size", "num_epochs", "num_env_runners")}},
         indent=2, default=str))
@@ -701,6 +904,15 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
     import ray
     from tensorboardX import SummaryWriter
 
+    if resuming:  # the checkpoint's world model and replay files whole, before Ray starts (seconds, not a minute)
+        check_checkpoint_data(checkpoint_path(output), config.model_based)
+    if config.recovery_config.snapshot_dir is None:  # the actors' snapshots under --output, not ~/ray_results
+        snapshots = output.resolve() / SNAPSHOT_DIR
+        config.recovery(snapshot_dir=str(snapshots))
+        if resuming:  # left by a killed driver; this process snapshots into a directory of its own
+            import shutil
+
+            shutil.rmtree(snapshots, ignore_errors=True)
     if args.address:
         ray.init(address=args.address)
     else:
@@ -708,28 +920,33 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     rows: list[dict] = []  # a resumed run's earlier rows come from _truncate_metrics below
     wall_before, previous_result = 0.0, None
-    writer = SummaryWriter(str(output / "tb"))
+    algo = writer = None
+    guide = effective_guide(config)
     start = time.perf_counter()
-    algo = config.build_algo()
-    if resuming:
-        try:
-            checkpoint = checkpoint_path(output)
-            algo.restore_from_path(str(checkpoint.resolve()))
-        except Exception as error:  # noqa: BLE001 - one line naming the checkpoint, exit status 2
-            algo.stop()
-            ray.shutdown()
-            raise UsageError(f"checkpoint {output / 'checkpoint'} could not be restored: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
-        print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
-              f"env steps {algo._counters['env_steps']}", flush=True)
-        rows = _truncate_metrics(output, algo.iteration)
-        # wall_s continues from the checkpoint's row: the ETA counts the whole run's time, not this process's
-        wall_before = float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
-    overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
-    print(f"agd-ray train: {args.env} guide={args.guide} temperature={resolved['guide']['temperature']}"
-          f"{_guide_method_text(config.guide_config)} "
-          f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
+    failure = None
     try:
+        algo = config.build_algo()
+        if resuming:
+            checkpoint = checkpoint_path(output)
+            try:
+                algo.restore_from_path(str(checkpoint.resolve()))
+            except Exception as error:  # noqa: BLE001 - one line naming the checkpoint, exit status 2
+                raise UsageError(f"checkpoint {checkpoint} could not be restored: "
+                                 f"{type(error).__name__}: {_first_line(error)}") from None
+            print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
+                  f"env steps {algo._counters['env_steps']}", flush=True)
+            rows = _truncate_metrics(output, algo.iteration)
+            _truncate_tensorboard(output / "tb", int(algo._counters["env_steps"]))
+            # wall_s continues from the checkpoint's row: the ETA counts the whole run's time, not this process's
+            wall_before = float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
+        # a resumed run's events in a file of their own (named after the checkpoint's iteration), flushed each iteration
+        writer = SummaryWriter(str(output / "tb"), filename_suffix=f".resumed-at-{algo.iteration}" if resuming else "")
+        if not resuming:  # the settings once, as text (config.json); the scalars are what changes
+            writer.add_text("config", "```\n" + (output / "config.json").read_text() + "\n```", 0)
+        overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
+        print(f"agd-ray train: {args.env} guide={guide} temperature={config.guide_config.temperature}"
+              f"{_guide_method_text(config.guide_config) if config.model_based else ''} "
+              f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
         mode = "a" if resuming else "w"  # a resumed run appends
         with open(output / "metrics.jsonl", mode) as jsonl, open(output / "metrics.csv", mode, newline="") as csv_file:
             table = csv.DictWriter(csv_file, fieldnames=list(ROW_KEYS) + ["wall_s"])
@@ -748,7 +965,9 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 jsonl.flush()
                 step = int(row["env_steps"] or 0)
                 for name, value in scalars.items():
-                    writer.add_scalar(name, value, step)
+                    if not name.startswith("config/"):  # constant: config.json and the "config" text hold them
+                        writer.add_scalar(name, value, step)
+                writer.flush()
                 print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}"
                       f"{progress_text(step, args.env_steps, row['wall_s'])}  "
                       f"return {_fmt(row['episode_return_mean'], '8.1f')}  "
@@ -764,14 +983,87 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 if args.checkpoint_every and int(row["iteration"] or 0) % args.checkpoint_every == 0:
                     save_checkpoint(algo, output, row)
         checkpoint = save_checkpoint(algo, output, row)
+    except BaseException as error:
+        failure = error
+        cause = _os_error(error) if isinstance(error, Exception) else None
+        if cause is not None and cause.errno in DISK_ERRNOS:  # a read-only or full --output (metrics, snapshots)
+            raise UsageError(f"could not write the run's outputs in {output}: {_os_error_text(cause)}") from None
+        raise
     finally:
-        writer.close()
-        if rows:
-            plot_learning_curve(rows, output / "learning_curve.png", f"{args.env} {args.guide} seed {args.seed}")
-        algo.stop()
-        ray.shutdown()
+        problem = _close_run(algo, writer, rows, output, f"{args.env} {guide} seed {args.seed}")
+        if problem is not None and failure is None:
+            raise problem
     print(f"done in {time.perf_counter() - start:.0f}s; checkpoint {checkpoint}; curve {output / 'learning_curve.png'}")
     return 0
+
+
+def effective_guide(config) -> str:
+    """The guide the run trains with, as the header, config.json and the plot name it: model-free, or the
+    built config's guidance.kind (a --config key may have set it)."""
+    return config.guide_config.kind if config.model_based else "model-free"
+
+
+def _close_run(algo, writer, rows: list[dict], output: pathlib.Path, title: str) -> UsageError | None:
+    """The end of every run, each step tried whatever the others did: TensorBoard's file closed, the learning
+    curve drawn, the algorithm stopped (its actors and their snapshots gone), Ray shut down, and the empty log
+    directory RLlib made outside --output (~/ray_results/<time>) removed. Returns the first failure as one line."""
+    import ray
+
+    steps = [("closing TensorBoard's events in tb/", writer.close if writer is not None else None),
+             (f"writing {output / 'learning_curve.png'}",
+              (lambda: plot_learning_curve(rows, output / "learning_curve.png", title)) if rows else None),
+             ("stopping the algorithm", algo.stop if algo is not None else None),
+             ("shutting Ray down", ray.shutdown)]
+    problem = None
+    for what, step in steps:
+        if step is None:
+            continue
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - the next steps still run; the first failure is reported
+            if problem is None:
+                cause = _os_error(error)
+                text = _os_error_text(cause) if cause is not None else f"{type(error).__name__}: {error}"
+                problem = UsageError(f"{what} failed: {text.strip().splitlines()[0]}")
+    for directory in ((output / SNAPSHOT_DIR), pathlib.Path(algo.logdir) if algo is not None else None):
+        if directory is not None:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
+    return problem
+
+
+def _truncate_tensorboard(directory: pathlib.Path, env_steps: int) -> int:
+    """A resumed run redoes the iterations after its checkpoint: the scalars they logged before the driver died
+    (steps past the checkpoint's `env_steps`) are dropped from tb/'s event files, so that no tag has two points
+    at one step; a record cut short by the kill ends its file. Returns the number of events dropped."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    dropped = 0
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        kept, offset = [], 0
+        while offset + 12 <= len(data):  # a record: length (8 bytes), its crc (4), the event, the event's crc (4)
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            end = offset + 12 + length + 4
+            if end > len(data):
+                break
+            event = Event()
+            try:
+                event.ParseFromString(data[offset + 12:offset + 12 + length])
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged record ends the file
+                break
+            if event.HasField("summary") and event.step > env_steps:
+                dropped += 1
+            else:
+                kept.append(data[offset:end])
+            offset = end
+        if offset != len(data) or len(b"".join(kept)) != len(data):
+            tmp = directory / ".truncating"  # no "tfevents" in the name: TensorBoard never reads it
+            tmp.write_bytes(b"".join(kept))
+            os.replace(tmp, path)
+    return dropped
 
 
 # -- evaluate --------------------------------------------------------------------------------------------------
@@ -790,7 +1082,7 @@ def check_evaluate_args(args) -> dict:
         config_file = checkpoint.parent / "config.json"
         if not config_file.is_file():
             raise UsageError(f"no {config_file} to read the env from; pass --env")
-        env_id = json.loads(config_file.read_text())["env"]
+        env_id = run_env(config_file)
     from agd_ray.envs.core import validate_env_id
 
     try:
@@ -800,27 +1092,80 @@ def check_evaluate_args(args) -> dict:
     return {"checkpoint": checkpoint, "env": env_id}
 
 
+def run_env(config_file: pathlib.Path) -> str:
+    """The env id in a run's config.json; UsageError naming the file when it is unreadable or names none."""
+    try:
+        env_id = json.loads(config_file.read_text())["env"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{config_file} is unreadable or names no env ({type(error).__name__}: {_first_line(error)}); "
+                         f"pass --env, or give the checkpoint of an intact agd-ray train output") from None
+    if not isinstance(env_id, str):
+        raise UsageError(f"{config_file} has env={env_id!r}, not an env id; pass --env")
+    return env_id
+
+
+def load_policy(checkpoint):
+    """The checkpoint's RL module, read without Ray; UsageError naming its directory if it cannot be loaded."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    directory = pathlib.Path(checkpoint) / MODULE_SUBDIR
+    loggers = [logging.getLogger(name) for name in ("ray.rllib", "ray._common.deprecation")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # RLlib's deprecation notice about its own RLModuleConfig, printed on every load
+        logger.setLevel(logging.ERROR)
+    try:
+        return RLModule.from_checkpoint(str(directory.resolve()))
+    except Exception as error:  # noqa: BLE001 - RLlib raises many kinds for damaged files (pickle, pyarrow, ...)
+        raise UsageError(f"the policy in {directory} could not be loaded ({type(error).__name__}: "
+                         f"{_first_line(error)}); give OUTPUT/checkpoint of a complete agd-ray train") from None
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def check_policy_fits(module, env, env_id: str, checkpoint) -> None:
+    """The env's observation and action shapes must be the policy's; UsageError naming both otherwise."""
+    want = (getattr(module.observation_space, "shape", None), getattr(module.action_space, "shape", None))
+    have = (env.observation_space.shape, env.action_space.shape)
+    if None in want or want == have:
+        return
+    config_file = pathlib.Path(checkpoint).parent / "config.json"
+    try:
+        trained = f" (trained on {json.loads(config_file.read_text())['env']}, {config_file})"
+    except (OSError, ValueError, KeyError, TypeError):
+        trained = ""
+    raise UsageError(f"env={env_id!r} does not fit the policy in {checkpoint}{trained}: it has observations of shape "
+                     f"{have[0]} and actions of shape {have[1]}, the policy takes {want[0]} and gives {want[1]}; "
+                     f"give the --env it was trained on")
+
+
 def mean_action_returns(checkpoint, env_id: str, episodes: int, seed: int = 0, on_episode=None) -> list[float]:
     """Returns of the checkpoint's policy acting with its mean action on `episodes` fresh episodes of `env_id`
-    (episode i reset with seed + i); `on_episode(i, return)` after each. Reads only the RL module (no Ray)."""
+    (episode i reset with seed + i); `on_episode(i, return)` after each. Reads only the RL module (no Ray). A
+    policy that cannot be loaded or does not fit the env raises UsageError (one line) before the first step."""
     import gymnasium as gym
     import torch
     from ray.rllib.core.columns import Columns
-    from ray.rllib.core.rl_module.rl_module import RLModule
     from ray.rllib.utils.spaces.space_utils import unsquash_action
 
-    module = RLModule.from_checkpoint(str((pathlib.Path(checkpoint) / MODULE_SUBDIR).resolve()))
+    module = load_policy(checkpoint)
     env = gym.make(env_id)
     act_dim = env.action_space.shape[0]
     returns = []
     try:
+        check_policy_fits(module, env, env_id, checkpoint)
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             total, done = 0.0, False
             while not done:
                 with torch.no_grad():
                     out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
-                mean = out[Columns.ACTION_DIST_INPUTS][0, :act_dim].numpy()
+                inputs = out.get(Columns.ACTION_DIST_INPUTS)
+                if inputs is None or inputs.shape[-1] < act_dim:
+                    raise UsageError(f"the policy in {pathlib.Path(checkpoint) / MODULE_SUBDIR} gives no action "
+                                     f"distribution for the env's {act_dim}-dimensional action; give "
+                                     f"OUTPUT/checkpoint of a complete agd-ray train")
+                mean = inputs[0, :act_dim].numpy()
                 # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
                 action = unsquash_action(mean, env.action_space)
                 obs, reward, terminated, truncated, _ = env.step(action)
@@ -861,9 +1206,22 @@ def bench(args) -> int:
     return 0
 
 
+def given_train_options(argv: list[str]) -> set[str]:
+    """The `train` options given in `argv`, whatever their value (a flag equal to its default included): argv parsed
+    again with every default suppressed."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in commands.choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "explicit_flags"}
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        args.given_options = given_train_options(argv)
     if getattr(args, "address", None) is None:
         # The embedded local Ray serves this process only; a cluster (--address) keeps Ray's token auth.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -877,6 +1235,11 @@ def main(argv=None) -> int:
         return evaluate(args)
     except UsageError as error:
         print(f"agd-ray {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if getattr(args, "debug", False) or args.command == "bench":  # a benchmark's failure keeps its traceback
+            raise
+        print(f"agd-ray {args.command}: error: {error_text(error)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

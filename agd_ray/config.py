@@ -116,7 +116,8 @@ class RecoveryConfig:
 
     snapshot_interval: int = 10  # iterations between snapshots of the world model and replay (0: never)
     snapshot_dir: str | None = None  # base directory (reachable from the replay actor's node), a subdirectory per
-    # run is made in it; None: <the run's log directory>/actor_snapshots
+    # run is made in it; None: <the run's log directory>/actor_snapshots (agd-ray train: OUTPUT/actor_snapshots).
+    # The run's snapshots are removed when it stops (`AGD.cleanup`) and dropped when a checkpoint is restored.
     max_actor_restarts: int = 3  # restarts per actor per run before the run fails with the actor's error
 
     def __post_init__(self) -> None:

@@ -178,7 +178,10 @@ def parse_value(text: str):
     (1e9, inf)."""
     import yaml
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{text!r} is not a YAML value ({yaml_error_text(error)})") from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -197,7 +200,10 @@ def parse_config_items(items) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--config {item!r} is not KEY=VALUE, e.g. world_model.policy_guidance=causal")
-        config[key] = parse_value(text)
+        try:
+            config[key] = parse_value(text)
+        except ValueError as error:
+            raise ValueError(f"--config {item!r}: {error}") from None
         check_dotted("config", key, config[key], types)
     return config
 
@@ -405,17 +411,37 @@ def parse_sweep(data, *, path: str | None = None, default_name: str = "sweep") -
     return spec
 
 
+def yaml_error_text(error) -> str:
+    """A YAML parser's error in one line: the problem and where it is (line and column from 1)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if hasattr(error, "character") and hasattr(error, "position"):  # yaml.reader.ReaderError: a character YAML refuses
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        return f"character #x{code:04x} at offset {error.position} is not allowed in YAML ({error.reason})"
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def load_sweep(path) -> SweepSpec:
     """Read and check a sweep YAML file (see the module doc and docs/CLUSTER.md)."""
     import yaml
 
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"sweep file {str(path)!r} does not exist; give a YAML file such as tune_configs/smoke.yaml")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"sweep file {str(path)!r} {what}; give a YAML file such as tune_configs/smoke.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"sweep file {path} is not text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start} is not UTF-8); a sweep file is YAML text") from None
+    except OSError as error:
+        raise ValueError(f"sweep file {path} cannot be read ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from None
+        raise ValueError(f"{path} is not valid YAML: {yaml_error_text(error)}") from None
     try:
         return parse_sweep(data, path=str(path), default_name=path.stem)
     except ValueError as error:
@@ -690,6 +716,9 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT/NAME")
     sweep.add_argument("--num-cpus", type=int, default=None,
                        help="logical CPUs of the embedded local Ray (default: the machine's count)")
+    sweep.add_argument("--debug", action="store_true",
+                       help="on an unexpected error, show Python's traceback (without it: one line naming the error, "
+                            "exit status 2)")
     return sweep
 
 

@@ -97,6 +97,12 @@ class ReplayBuffer:
         self._rng = np.random.default_rng(seed)
         self._valid_cache: dict[int, np.ndarray] = {}  # horizon -> valid start slots
 
+    @staticmethod
+    def bytes_per_transition(obs_dim: int, act_dim: int, qpos_dim: int, qvel_dim: int) -> int:
+        """Bytes of the slot arrays per transition of capacity (allocated in full when the buffer is made)."""
+        dims = {"obs_dim": obs_dim, "act_dim": act_dim, "qpos_dim": qpos_dim, "qvel_dim": qvel_dim}
+        return sum(np.dtype(dtype).itemsize * (dims[dim] if dim else 1) for dtype, dim in _STORAGE.values())
+
     # ------------------------------------------------------------------ sizes and metrics
     def __len__(self) -> int:
         return self._size
@@ -415,6 +421,19 @@ class ReplayBuffer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
         """Restore a buffer written by `save`; a missing, corrupt or mismatching file raises ValueError."""
+        meta, npz_path = cls.check_saved(path)
+        try:
+            buffer = cls(**meta["dims"])
+            with np.load(npz_path, allow_pickle=False) as data:
+                buffer._restore(meta, {key: data[key] for key in data.files})
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise ValueError(f"replay checkpoint {npz_path}: cannot restore ({error})") from None
+        return buffer
+
+    @staticmethod
+    def check_saved(path: str | os.PathLike) -> tuple[dict, str]:
+        """The metadata and npz path of a buffer written by `save`, after checking the format and the npz file's
+        sha256 (reads the file once, loads nothing); a missing or corrupt file raises ValueError naming it."""
         json_path = os.path.join(path, _JSON_NAME)
         try:
             with open(json_path, "rb") as f:
@@ -436,13 +455,7 @@ class ReplayBuffer:
         if digest != meta.get("sha256"):
             raise ValueError(f"replay checkpoint {npz_path}: sha256 {digest} does not match {meta.get('sha256')} "
                              f"recorded in {json_path}; the file is corrupt or from another save")
-        try:
-            buffer = cls(**meta["dims"])
-            with np.load(npz_path, allow_pickle=False) as data:
-                buffer._restore(meta, {key: data[key] for key in data.files})
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-            raise ValueError(f"replay checkpoint {npz_path}: cannot restore ({error})") from None
-        return buffer
+        return meta, npz_path
 
     def _restore(self, meta: dict, arrays: dict) -> None:
         n, rows = int(meta["size"]), int(meta["num_rows"])

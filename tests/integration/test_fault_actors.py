@@ -5,7 +5,7 @@ its snapshot: the run goes on, imagination is served again, and the update ratio
 recreated from its snapshot: what it held at the snapshot is back, the steps sent while it was down are counted
 in replay/lost_transitions (num_added + lost = env steps, exactly), and the env runners stream into the new one.
 Both dying at once is survived the same way. An actor that dies more often than
-`recovery.max_actor_restarts` ends the run with an error naming the limit.
+`recovery.max_actor_restarts` ends the run with an error naming the limit. The snapshots go when the run stops.
 """
 
 import pathlib
@@ -90,4 +90,5 @@ def test_world_model_and_replay_actor_deaths(local_ray, tmp_path):
             algo.train()
     finally:
         algo.stop()
+    assert not run_dir.exists()  # the snapshots serve the run's actor restarts and go with it (AGD.cleanup)
     assert c1["world_model_restarts"] == c1["replay_restarts"] == 0
