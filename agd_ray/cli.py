@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import errno
 import json
 import logging
 import math
@@ -25,6 +24,29 @@ import pathlib
 import sys
 import time
 
+from agd_ray.errors import DEBUG_HELP, DISK_ERRNOS, UsageError, error_text, first_line, os_error, os_error_text
+from agd_ray.evaluate import evaluate
+from agd_ray.results import (
+    ROW_KEYS,
+    flat_scalars,
+    fmt,
+    gain_text,
+    guide_method_text,
+    idle_iteration_text,
+    plot_learning_curve,
+    progress_text,
+    result_row,
+    truncate_metrics,
+    truncate_tensorboard,
+)
+from agd_ray.rundir import (
+    SNAPSHOT_DIR,
+    check_checkpoint_data,
+    check_output_dir,
+    checkpoint_path,
+    finished_run_text,
+    save_checkpoint,
+)
 from agd_ray.sweep import add_sweep_parser, local_ray_cpus, sweep_main
 from agd_ray.tuned import apply_tuned
 
@@ -71,19 +93,10 @@ PRESET_SETTINGS = {
 }
 
 
-class UsageError(ValueError):
-    """Bad command-line input: printed as one line, exit status 2."""
 
 
-DEBUG_HELP = "on an unexpected error, show Python's traceback (without it: one line naming the error, exit status 2)"
 
 
-def error_text(error: BaseException) -> str:
-    """An unexpected error in one line: its type and first line (an actor's error: the error the actor raised)."""
-    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
-    if isinstance(cause, BaseException):
-        error = cause
-    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _positive_float(name: str, text: str) -> float:
@@ -191,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- validation (no Ray, no actors) --------------------------------------------------------------------------
 # With --resume, these come from the command line; every other train setting from DIR/config.json.
 RESUME_FLAGS = ("env_steps", "checkpoint_every", "address", "num_cpus")
-CHECKPOINT_MARKER = "agd-ray-checkpoint.json"  # written last: a checkpoint without it is incomplete
 
 
 def resume_args(args):
@@ -231,82 +243,14 @@ def resume_args(args):
     return resumed
 
 
-def checkpoint_path(directory: pathlib.Path) -> pathlib.Path:
-    """DIR/checkpoint if it is complete (else the previous one, DIR/checkpoint.old, if a save was killed
-    between its renames); raises UsageError naming the path otherwise."""
-    for candidate in (directory / "checkpoint", directory / "checkpoint.old"):
-        marker = candidate / CHECKPOINT_MARKER
-        if not candidate.exists() and candidate.name == "checkpoint" and (directory / "checkpoint.old").exists():
-            continue
-        if not candidate.is_dir():
-            raise UsageError(f"no checkpoint at {candidate}; nothing to resume from")
-        try:
-            json.loads(marker.read_text())["env_steps"]
-            json.loads((candidate / "agd" / "counters.json").read_text())["env_steps"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UsageError(f"checkpoint {candidate} is incomplete or corrupt (no valid {CHECKPOINT_MARKER} or "
-                             f"agd/counters.json); cannot resume") from None
-        if not (candidate / MODULE_SUBDIR).is_dir():
-            raise UsageError(f"checkpoint {candidate} is incomplete or corrupt (no {MODULE_SUBDIR}); cannot resume")
-        from agd_ray.algorithm import check_checkpoint_format
-
-        try:
-            check_checkpoint_format(candidate)
-        except ValueError as error:
-            raise UsageError(f"{error}; cannot resume") from None
-        return candidate
-    raise UsageError(f"no checkpoint at {directory / 'checkpoint'}; nothing to resume from")
 
 
-def save_checkpoint(algo, output: pathlib.Path, row: dict) -> pathlib.Path:
-    """Save to OUTPUT/checkpoint.tmp, mark it complete, then swap it in (the previous one is checkpoint.old
-    until the swap is done): a driver killed mid-save leaves a complete checkpoint to resume from."""
-    import shutil
-
-    final, tmp, old = output / "checkpoint", output / "checkpoint.tmp", output / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        algo.save_to_path(str(tmp.resolve()))
-        (tmp / CHECKPOINT_MARKER).write_text(json.dumps(
-            {"iteration": int(row.get("iteration") or 0), "env_steps": int(row.get("env_steps") or 0)}))
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except Exception as error:
-        cause = _os_error(error)
-        if cause is None:
-            raise
-        # A read-only or full disk: the partial save goes, the last complete checkpoint stays where it was.
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.exists() and old.exists():
-            os.replace(old, final)
-        kept = (f"the last complete checkpoint, {final}, is kept" if (final / CHECKPOINT_MARKER).is_file()
-                else "no earlier checkpoint")
-        raise UsageError(f"could not write the checkpoint to {tmp}: {_os_error_text(cause)}; {kept}") from None
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-# A file that cannot be written: no space, quota, read-only filesystem, permission, too large, I/O error.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
-def _os_error(error: BaseException) -> OSError | None:
-    """The OSError behind `error` (itself, or what an actor raised: replay writes its own checkpoint files), or
-    None for any other error."""
-    if isinstance(error, OSError) and not hasattr(error, "cause"):
-        return error
-    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
-    return cause if isinstance(cause, OSError) else None
 
 
-def _os_error_text(error: OSError) -> str:
-    """'No space left on device (errno 28): /path' in one line."""
-    if error.strerror:
-        text = error.strerror if "errno" in error.strerror else f"{error.strerror} (errno {error.errno})"
-        return f"{text}: {error.filename}" if error.filename else text
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def check_train_args(args) -> dict:
@@ -600,192 +544,30 @@ def check_local_gpus(config) -> None:
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------
-ROW_KEYS = {
-    "iteration": ("training_iteration",),
-    "env_steps": ("agd", "env_steps_lifetime"),
-    "episode_return_mean": ("env_runners", "episode_return_mean"),
-    "eval_return_mean": ("evaluation", "env_runners", "episode_return_mean"),
-    "world_model_loss": ("world_model", "loss"),
-    "world_model_updates": ("world_model", "num_updates"),
-    "imagined_transitions": ("imagination", "num_transitions_lifetime"),
-    "imagination_transitions_per_s": ("imagination", "transitions_per_s"),
-    "action_z_std": ("imagination", "action_z_std"),
-    "advantage_gain": ("guidance", "advantage_gain"),
-    "advantage_gain_sigma": ("guidance", "advantage_gain_sigma"),
-    "quality_advantage_gain_sigma": ("quality", "advantage_gain_sigma"),
-    "quality_real_advantage_gain_sigma": ("quality", "real_advantage_gain_sigma"),
-    "open_loop_mse_guided": ("quality", "open_loop_mse_guided"),
-    "open_loop_mse_unguided": ("quality", "open_loop_mse_unguided"),
-    "replay_size": ("replay", "size"),
-    "time_this_iter_s": ("time_this_iter_s",),
-}
 
 
-def _lookup(result: dict, path: tuple):
-    value = result
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None  # RLlib reports nan for "not measured this iteration"
 
 
-def result_row(result: dict) -> dict:
-    row = {name: _lookup(result, path) for name, path in ROW_KEYS.items()}
-    # RLlib carries the last evaluation forward in every result: keep it only where it was measured
-    # (`agd/evaluated`, AGD.step; results written before it existed: RLlib's every-`evaluation_interval` rule).
-    evaluated = _lookup(result, ("agd", "evaluated"))
-    if evaluated is None:
-        interval = _lookup(result, ("config", "evaluation_interval"))
-        iteration = _lookup(result, ("training_iteration",))
-        evaluated = bool(interval) and iteration is not None and not iteration % interval
-    if not evaluated:
-        row["eval_return_mean"] = None
-    if row["env_steps"] is None:
-        row["env_steps"] = _lookup(result, ("env_runners", "num_env_steps_sampled_lifetime"))
-    return row
 
 
-def _flat_scalars(result: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in result.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat_scalars(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-        elif hasattr(value, "item") and getattr(value, "size", 2) == 1:
-            flat[name] = float(value.item())
-    return {k: v for k, v in flat.items() if math.isfinite(v)}
 
 
-def plot_learning_curve(rows: list[dict], path: pathlib.Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("episode_return_mean", "training episodes"), ("eval_return_mean", "evaluation (mean action)")):
-        points = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and r.get("env_steps") is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o" if key.startswith("eval") else None, label=label)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def _duration(seconds: float) -> str:
-    """3m10s, 1h05m, 42s."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
-def progress_text(step: int, budget: int, wall_s: float) -> str:
-    """'/30000 (42%) eta 3m10s' after the env-step count: the budget's share reached, and the time left at the
-    run's mean rate so far (wall time over env steps, both counted across --resume)."""
-    share = min(100, int(100 * step / budget))
-    if step >= budget:
-        eta = "0s"
-    elif step > 0 and wall_s > 0:
-        eta = _duration(wall_s / step * (budget - step))
-    else:
-        eta = "-"
-    return f"/{budget} ({share}%) eta {eta}"
 
 
-def idle_iteration_text(previous: dict | None, row: dict, result: dict, previous_result: dict | None) -> str | None:
-    """One line when an iteration added no real env steps (its row's env_steps equal the previous row's), with
-    the reason where the result tells it; None otherwise."""
-    if previous is None or previous.get("env_steps") is None or row.get("env_steps") != previous["env_steps"]:
-        return None
-    reasons = []
-    counters = result.get("agd", {}) if isinstance(result.get("agd"), dict) else {}
-    earlier = (previous_result or {}).get("agd", {})
-    reconnects = _lookup(counters, ("env_runner_reconnects",))
-    before = _lookup(earlier, ("env_runner_reconnects",)) if isinstance(earlier, dict) else None
-    if reconnects is not None and before is not None and reconnects > before:
-        reasons.append(f"{int(reconnects - before)} env runner(s) died and restarted (agd/env_runner_reconnects); "
-                       f"RLlib restarts them and the next iteration samples again")
-    why = "; ".join(reasons) if reasons else "no reason reported (see the env runners' logs under Ray's session dir)"
-    return f"  iteration {int(row.get('iteration') or 0)} took no real env steps: {why}"
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
-def _guide_method_text(guide) -> str:
-    """' (resample, K=4)' or ' (gradient)' for an advantage guide (the run's GuideConfig); '' otherwise."""
-    if guide.kind not in ("sag", "eag"):
-        return ""
-    return f" ({guide.method}, K={guide.candidates})" if guide.resampling else f" ({guide.method})"
 
 
-def _gain_text(row: dict) -> str:
-    """The guide's effect for the iteration line, in standard deviations of the unguided windows' advantage:
-    this batch's (resampling) or the quality measurement's, with the simulator's where it was measured."""
-    imagined = row["advantage_gain_sigma"]
-    if imagined is None:
-        imagined = row["quality_advantage_gain_sigma"]
-    if imagined is None:
-        return ""
-    real = row["quality_real_advantage_gain_sigma"]
-    return f"gain {imagined:+.2f}sd{'' if real is None else f' (sim {real:+.2f}sd)'}  "
 
 
-def _read_rows(path: pathlib.Path) -> list[dict]:
-    """metrics.csv rows of an earlier (resumed) run, for the learning curve."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            try:
-                rows.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k in ROW_KEYS
-                             or k == "wall_s"})
-            except (TypeError, ValueError):
-                pass  # a row cut short by the kill
-    return rows
 
 
-def _truncate_metrics(output: pathlib.Path, iteration: int) -> list[dict]:
-    """A resumed run redoes the iterations after its checkpoint: their rows (logged before the driver died,
-    after the last save) are dropped from metrics.jsonl and metrics.csv; returns the csv rows kept."""
-    jsonl = output / "metrics.jsonl"
-    if jsonl.is_file():
-        lines = [line for line in jsonl.read_text().splitlines() if line.strip()]
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line).get("training_iteration", 0) <= iteration:
-                    kept.append(line)
-            except ValueError:
-                pass  # a line cut short by the kill
-        tmp = jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, jsonl)
-    rows = [r for r in _read_rows(output / "metrics.csv") if (r.get("iteration") or 0) <= iteration]
-    tmp = output / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        table = csv.DictWriter(f, fieldnames=list(ROW_KEYS) + ["wall_s"], extrasaction="ignore")
-        table.writeheader()
-        table.writerows(rows)
-    os.replace(tmp, output / "metrics.csv")
-    return rows
 
 
 def train(args) -> int:
@@ -824,68 +606,17 @@ def train(args) -> int:
     return _run_training(args, resolved, config, output, resuming)
 
 
-# Files and folders `train` writes into --output: a directory holding one of them holds a run.
-RUN_MARKERS = ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint", "checkpoint.old", "checkpoint.tmp")
 # The base of the actors' snapshots (recovery.snapshot_dir, unless --config sets it): OUTPUT/actor_snapshots/<the
 # process's RLlib log directory name>, removed when the run ends (AGD.cleanup) and, left by a killed driver, on
 # --resume.
-SNAPSHOT_DIR = "actor_snapshots"
 
 
-def check_checkpoint_data(checkpoint: pathlib.Path, model_based: bool) -> None:
-    """A checkpoint's world model (zip members against their CRCs) and replay (its sha256) checked whole before
-    Ray starts; UsageError naming the file and the reason otherwise."""
-    import zipfile
-
-    from agd_ray.replay.buffer import ReplayBuffer
-
-    if not model_based:
-        return
-    world_model = checkpoint / "agd" / "world_model.pt"
-    try:
-        with zipfile.ZipFile(world_model) as archive:
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
-        raise UsageError(f"checkpoint {checkpoint}: {world_model} is unreadable ({_first_line(error)}); "
-                         f"cannot resume") from None
-    if bad is not None:
-        raise UsageError(f"checkpoint {checkpoint}: {world_model} is corrupt (its member {bad} fails its CRC); "
-                         f"cannot resume")
-    try:
-        ReplayBuffer.check_saved(checkpoint / "agd" / "replay")
-    except ValueError as error:
-        raise UsageError(f"checkpoint {checkpoint}: {error}; cannot resume") from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
-def check_output_dir(output: pathlib.Path, overwrite: bool) -> None:
-    """A new run's --output: new or empty, or holding an earlier run and --overwrite given; UsageError otherwise.
-    --overwrite never removes a directory that holds no run (a mistyped --output must not cost other files)."""
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    if not any((output / name).exists() for name in RUN_MARKERS):
-        raise UsageError(f"output={str(output)!r} exists, is not empty and holds no agd-ray run (no "
-                         f"{', '.join(RUN_MARKERS[:3])} or checkpoint/); give a new or empty directory "
-                         f"(--overwrite removes only an earlier run)")
-    if not overwrite:
-        raise UsageError(f"output={str(output)!r} exists and holds a run; use --resume {output} to continue it "
-                         f"or --overwrite to replace it")
 
 
-def finished_run_text(directory: pathlib.Path, env_steps: int) -> str | None:
-    """`train --resume DIR` of a run whose checkpoint already has `env_steps` real env steps: the one line
-    that says so (exit status 0, nothing started); None if the run has steps left."""
-    checkpoint = checkpoint_path(directory)
-    reached = int(json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["env_steps"])
-    if reached < env_steps:
-        return None
-    return (f"agd-ray train: {directory} is finished: its checkpoint has {reached} env steps, the budget is "
-            f"--env-steps {env_steps}; to continue it give a larger --env-steps "
-            f"(e.g. agd-ray train --resume {directory} --env-steps {max(2 * env_steps, reached + 1)})")
 
 
 def _write_config(args, resolved, config, output: pathlib.Path) -> None:
@@ -918,7 +649,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
     else:
         ray.init(num_cpus=local_ray_cpus(args.num_cpus), include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    rows: list[dict] = []  # a resumed run's earlier rows come from _truncate_metrics below
+    rows: list[dict] = []  # a resumed run's earlier rows come from truncate_metrics below
     wall_before, previous_result = 0.0, None
     algo = writer = None
     guide = effective_guide(config)
@@ -932,11 +663,11 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 algo.restore_from_path(str(checkpoint.resolve()))
             except Exception as error:  # noqa: BLE001 - one line naming the checkpoint, exit status 2
                 raise UsageError(f"checkpoint {checkpoint} could not be restored: "
-                                 f"{type(error).__name__}: {_first_line(error)}") from None
+                                 f"{type(error).__name__}: {first_line(error)}") from None
             print(f"agd-ray train: resumed from {checkpoint} at iteration {algo.iteration}, "
                   f"env steps {algo._counters['env_steps']}", flush=True)
-            rows = _truncate_metrics(output, algo.iteration)
-            _truncate_tensorboard(output / "tb", int(algo._counters["env_steps"]))
+            rows = truncate_metrics(output, algo.iteration)
+            truncate_tensorboard(output / "tb", int(algo._counters["env_steps"]))
             # wall_s continues from the checkpoint's row: the ETA counts the whole run's time, not this process's
             wall_before = float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
         # a resumed run's events in a file of their own (named after the checkpoint's iteration), flushed each iteration
@@ -945,7 +676,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
             writer.add_text("config", "```\n" + (output / "config.json").read_text() + "\n```", 0)
         overrides = "".join(f" {key}={value}" for key, value in resolved["config"].items())
         print(f"agd-ray train: {args.env} guide={guide} temperature={config.guide_config.temperature}"
-              f"{_guide_method_text(config.guide_config) if config.model_based else ''} "
+              f"{guide_method_text(config.guide_config) if config.model_based else ''} "
               f"preset={resolved['preset']}{overrides} seed={args.seed} -> {output}", flush=True)
         mode = "a" if resuming else "w"  # a resumed run appends
         with open(output / "metrics.jsonl", mode) as jsonl, open(output / "metrics.csv", mode, newline="") as csv_file:
@@ -960,7 +691,7 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 rows.append(row)
                 table.writerow(row)
                 csv_file.flush()
-                scalars = _flat_scalars(result)
+                scalars = flat_scalars(result)
                 jsonl.write(json.dumps(scalars) + "\n")
                 jsonl.flush()
                 step = int(row["env_steps"] or 0)
@@ -970,9 +701,9 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
                 writer.flush()
                 print(f"iter {int(row['iteration'] or 0):4d}  env_steps {step:7d}"
                       f"{progress_text(step, args.env_steps, row['wall_s'])}  "
-                      f"return {_fmt(row['episode_return_mean'], '8.1f')}  "
-                      f"eval {_fmt(row['eval_return_mean'], '8.1f')}  "
-                      f"wm_loss {_fmt(row['world_model_loss'], '.3f')}  {_gain_text(row)}"
+                      f"return {fmt(row['episode_return_mean'], '8.1f')}  "
+                      f"eval {fmt(row['eval_return_mean'], '8.1f')}  "
+                      f"wm_loss {fmt(row['world_model_loss'], '.3f')}  {gain_text(row)}"
                       f"{row['time_this_iter_s'] or 0:.1f}s", flush=True)
                 idle = idle_iteration_text(previous, row, result, previous_result)
                 if idle:
@@ -985,9 +716,9 @@ def _run_training(args, resolved, config, output: pathlib.Path, resuming: bool) 
         checkpoint = save_checkpoint(algo, output, row)
     except BaseException as error:
         failure = error
-        cause = _os_error(error) if isinstance(error, Exception) else None
+        cause = os_error(error) if isinstance(error, Exception) else None
         if cause is not None and cause.errno in DISK_ERRNOS:  # a read-only or full --output (metrics, snapshots)
-            raise UsageError(f"could not write the run's outputs in {output}: {_os_error_text(cause)}") from None
+            raise UsageError(f"could not write the run's outputs in {output}: {os_error_text(cause)}") from None
         raise
     finally:
         problem = _close_run(algo, writer, rows, output, f"{args.env} {guide} seed {args.seed}")
@@ -1022,8 +753,8 @@ def _close_run(algo, writer, rows: list[dict], output: pathlib.Path, title: str)
             step()
         except Exception as error:  # noqa: BLE001 - the next steps still run; the first failure is reported
             if problem is None:
-                cause = _os_error(error)
-                text = _os_error_text(cause) if cause is not None else f"{type(error).__name__}: {error}"
+                cause = os_error(error)
+                text = os_error_text(cause) if cause is not None else f"{type(error).__name__}: {error}"
                 problem = UsageError(f"{what} failed: {text.strip().splitlines()[0]}")
     for directory in ((output / SNAPSHOT_DIR), pathlib.Path(algo.logdir) if algo is not None else None):
         if directory is not None:
@@ -1032,163 +763,21 @@ def _close_run(algo, writer, rows: list[dict], output: pathlib.Path, title: str)
     return problem
 
 
-def _truncate_tensorboard(directory: pathlib.Path, env_steps: int) -> int:
-    """A resumed run redoes the iterations after its checkpoint: the scalars they logged before the driver died
-    (steps past the checkpoint's `env_steps`) are dropped from tb/'s event files, so that no tag has two points
-    at one step; a record cut short by the kill ends its file. Returns the number of events dropped."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    dropped = 0
-    for path in sorted(directory.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        kept, offset = [], 0
-        while offset + 12 <= len(data):  # a record: length (8 bytes), its crc (4), the event, the event's crc (4)
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            end = offset + 12 + length + 4
-            if end > len(data):
-                break
-            event = Event()
-            try:
-                event.ParseFromString(data[offset + 12:offset + 12 + length])
-            except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged record ends the file
-                break
-            if event.HasField("summary") and event.step > env_steps:
-                dropped += 1
-            else:
-                kept.append(data[offset:end])
-            offset = end
-        if offset != len(data) or len(b"".join(kept)) != len(data):
-            tmp = directory / ".truncating"  # no "tfevents" in the name: TensorBoard never reads it
-            tmp.write_bytes(b"".join(kept))
-            os.replace(tmp, path)
-    return dropped
 
 
 # -- evaluate --------------------------------------------------------------------------------------------------
-MODULE_SUBDIR = pathlib.Path("learner_group") / "learner" / "rl_module" / "default_policy"
 
 
-def check_evaluate_args(args) -> dict:
-    checkpoint = pathlib.Path(args.checkpoint)
-    if not (checkpoint / MODULE_SUBDIR).is_dir():
-        raise UsageError(f"checkpoint={str(checkpoint)!r} is not an agd-ray checkpoint (no {MODULE_SUBDIR}); "
-                         f"give OUTPUT/checkpoint of a finished `agd-ray train`")
-    if args.episodes < 1:
-        raise UsageError(f"episodes={args.episodes!r} is not allowed; episodes must be >= 1")
-    env_id = args.env
-    if env_id is None:
-        config_file = checkpoint.parent / "config.json"
-        if not config_file.is_file():
-            raise UsageError(f"no {config_file} to read the env from; pass --env")
-        env_id = run_env(config_file)
-    from agd_ray.envs.core import validate_env_id
-
-    try:
-        validate_env_id(env_id)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    return {"checkpoint": checkpoint, "env": env_id}
 
 
-def run_env(config_file: pathlib.Path) -> str:
-    """The env id in a run's config.json; UsageError naming the file when it is unreadable or names none."""
-    try:
-        env_id = json.loads(config_file.read_text())["env"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{config_file} is unreadable or names no env ({type(error).__name__}: {_first_line(error)}); "
-                         f"pass --env, or give the checkpoint of an intact agd-ray train output") from None
-    if not isinstance(env_id, str):
-        raise UsageError(f"{config_file} has env={env_id!r}, not an env id; pass --env")
-    return env_id
 
 
-def load_policy(checkpoint):
-    """The checkpoint's RL module, read without Ray; UsageError naming its directory if it cannot be loaded."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    directory = pathlib.Path(checkpoint) / MODULE_SUBDIR
-    loggers = [logging.getLogger(name) for name in ("ray.rllib", "ray._common.deprecation")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:  # RLlib's deprecation notice about its own RLModuleConfig, printed on every load
-        logger.setLevel(logging.ERROR)
-    try:
-        return RLModule.from_checkpoint(str(directory.resolve()))
-    except Exception as error:  # noqa: BLE001 - RLlib raises many kinds for damaged files (pickle, pyarrow, ...)
-        raise UsageError(f"the policy in {directory} could not be loaded ({type(error).__name__}: "
-                         f"{_first_line(error)}); give OUTPUT/checkpoint of a complete agd-ray train") from None
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
-def check_policy_fits(module, env, env_id: str, checkpoint) -> None:
-    """The env's observation and action shapes must be the policy's; UsageError naming both otherwise."""
-    want = (getattr(module.observation_space, "shape", None), getattr(module.action_space, "shape", None))
-    have = (env.observation_space.shape, env.action_space.shape)
-    if None in want or want == have:
-        return
-    config_file = pathlib.Path(checkpoint).parent / "config.json"
-    try:
-        trained = f" (trained on {json.loads(config_file.read_text())['env']}, {config_file})"
-    except (OSError, ValueError, KeyError, TypeError):
-        trained = ""
-    raise UsageError(f"env={env_id!r} does not fit the policy in {checkpoint}{trained}: it has observations of shape "
-                     f"{have[0]} and actions of shape {have[1]}, the policy takes {want[0]} and gives {want[1]}; "
-                     f"give the --env it was trained on")
 
 
-def mean_action_returns(checkpoint, env_id: str, episodes: int, seed: int = 0, on_episode=None) -> list[float]:
-    """Returns of the checkpoint's policy acting with its mean action on `episodes` fresh episodes of `env_id`
-    (episode i reset with seed + i); `on_episode(i, return)` after each. Reads only the RL module (no Ray). A
-    policy that cannot be loaded or does not fit the env raises UsageError (one line) before the first step."""
-    import gymnasium as gym
-    import torch
-    from ray.rllib.core.columns import Columns
-    from ray.rllib.utils.spaces.space_utils import unsquash_action
-
-    module = load_policy(checkpoint)
-    env = gym.make(env_id)
-    act_dim = env.action_space.shape[0]
-    returns = []
-    try:
-        check_policy_fits(module, env, env_id, checkpoint)
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            total, done = 0.0, False
-            while not done:
-                with torch.no_grad():
-                    out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[None]})
-                inputs = out.get(Columns.ACTION_DIST_INPUTS)
-                if inputs is None or inputs.shape[-1] < act_dim:
-                    raise UsageError(f"the policy in {pathlib.Path(checkpoint) / MODULE_SUBDIR} gives no action "
-                                     f"distribution for the env's {act_dim}-dimensional action; give "
-                                     f"OUTPUT/checkpoint of a complete agd-ray train")
-                mean = inputs[0, :act_dim].numpy()
-                # RLlib's default normalize_actions: the module acts in [-1, 1], mapped onto the env's bounds.
-                action = unsquash_action(mean, env.action_space)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-            if on_episode is not None:
-                on_episode(episode, total)
-    finally:
-        env.close()
-    return returns
 
 
-def evaluate(args) -> int:
-    """Mean action of the checkpoint's policy on fresh episodes; prints per-episode and mean returns."""
-    resolved = check_evaluate_args(args)
-    import numpy as np
-
-    returns = mean_action_returns(resolved["checkpoint"], resolved["env"], args.episodes, seed=args.seed,
-                                  on_episode=lambda i, r: print(f"episode {i}: return {r:.1f}", flush=True))
-    print(f"mean return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
-          f"({resolved['env']})")
-    return 0
 
 
 def bench(args) -> int:

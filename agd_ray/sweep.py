@@ -475,7 +475,7 @@ class EnvStepStopper:
 
     def reached(self, result: dict) -> bool:
         """Whether a trial with this latest result has reached the sweep's stop."""
-        from agd_ray.cli import result_row
+        from agd_ray.results import result_row
 
         steps = result_row(result)["env_steps"] or 0
         iterations = result.get("training_iteration", 0) or 0
@@ -567,9 +567,9 @@ def param_space_example(spec: SweepSpec) -> dict:
 
 # -- the summary -------------------------------------------------------------------------------------------------
 def _nested(result: dict, path: tuple):
-    from agd_ray.cli import _lookup  # the CLI's metrics-row lookup (nan -> None)
+    from agd_ray.results import lookup  # the metrics-row lookup (nan -> None)
 
-    return _lookup(result, path)
+    return lookup(result, path)
 
 
 def trial_history(trial_dir) -> list[dict]:
@@ -593,7 +593,7 @@ def trial_history(trial_dir) -> list[dict]:
 
 def measured_evaluations(history: list[dict]) -> list[tuple[int | None, float]]:
     """(env steps, evaluation return) of the iterations that evaluated (RLlib repeats the last one between)."""
-    from agd_ray.cli import result_row
+    from agd_ray.results import result_row
 
     points = []
     for result in history:
@@ -606,7 +606,7 @@ def measured_evaluations(history: list[dict]) -> list[tuple[int | None, float]]:
 def summary_rows(results, spec: SweepSpec | None = None) -> list[dict]:
     """One row per trial of a Tune ResultGrid: final and best evaluation return, env steps, wall time; status
     done (reached the sweep's stop), error, or unfinished (interrupted: `--resume` continues it)."""
-    from agd_ray.cli import result_row
+    from agd_ray.results import result_row
 
     rows = []
     for result in results:

@@ -78,7 +78,7 @@ CURVE_COLUMNS = ("experiment", "method", "seed", "iteration", "env_steps", "eval
                  "imagined_transitions", "wall_s", "world_model_loss", "advantage_gain", "advantage_gain_sigma",
                  "quality_gain_sigma", "real_gain_sigma", "action_z_std",
                  "open_loop_mse_guided", "open_loop_mse_unguided", "action_z_mean_guided", "action_z_std_guided")
-# curve columns `agd_ray.cli.result_row` already reads (its name, when it differs)
+# curve columns `agd_ray.results.result_row` already reads (its name, when it differs)
 FROM_ROW = {"iteration": "iteration", "env_steps": "env_steps", "eval_return": "eval_return_mean",
             "train_return": "episode_return_mean", "imagined_transitions": "imagined_transitions",
             "world_model_loss": "world_model_loss", "advantage_gain": "advantage_gain",
@@ -153,16 +153,16 @@ def experiment_name(args) -> str:
 # -- reading results ---------------------------------------------------------------------------------------------
 def history_rows(history: list[dict]) -> list[dict]:
     """A trial's results (`agd_ray.sweep.trial_history`) -> one row per iteration with the curve columns."""
-    from agd_ray.cli import _lookup, result_row
+    from agd_ray.results import lookup, result_row
 
     rows = []
     for result in history:
         base = result_row(result)  # evaluation only where measured; env steps of AGD or of RLlib's PPO
         row = {name: base[key] for name, key in FROM_ROW.items()}
-        row.update({name: _lookup(result, path) for name, path in EXTRA.items()})
+        row.update({name: lookup(result, path) for name, path in EXTRA.items()})
         for key in BY_STEP:
             steps = (result.get("quality") or {}).get(key) or {}
-            row[key] = [_lookup(steps, (f"h{h}",)) for h in range(1, len(steps) + 1)]
+            row[key] = [lookup(steps, (f"h{h}",)) for h in range(1, len(steps) + 1)]
         rows.append(row)
     return rows
 
@@ -200,11 +200,11 @@ def final_checkpoint(trial_dir: Path) -> tuple[Path, int] | None:
 
 def evaluate_finals(root: Path, *, env: str, env_steps: int, episodes: int, seed: int = 10_000) -> int:
     """Runs the mean action of every finished trial's last checkpoint (at >= env_steps) for `episodes`
-    episodes (`agd_ray.cli.mean_action_returns`, episode seeds from `seed`, apart from the runs' own) and writes
+    episodes (`agd_ray.evaluate.mean_action_returns`, episode seeds from `seed`, apart from the runs' own) and writes
     the returns to the trial's FINAL_FILE; trials that have one with as many episodes are skipped. One
     protocol for every method at the budget itself, with more episodes than the in-run evaluations.
     Returns the number of trials evaluated now."""
-    from agd_ray.cli import mean_action_returns
+    from agd_ray.evaluate import mean_action_returns
 
     done = 0
     for params_path in sorted(root.glob("tune/*/*/params.json")):

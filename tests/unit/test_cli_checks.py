@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from agd_ray import cli
+from agd_ray import cli, results, rundir
 from agd_ray.cli import build_config, build_parser, check_train_args, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -112,11 +112,11 @@ def _finished_run(directory: pathlib.Path, env_steps: int, budget: int) -> dict:
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps({"args": args}))
     checkpoint = directory / "checkpoint"
-    (checkpoint / cli.MODULE_SUBDIR).mkdir(parents=True)
+    (checkpoint / rundir.MODULE_SUBDIR).mkdir(parents=True)
     (checkpoint / "agd").mkdir()
     (checkpoint / "agd" / "format.json").write_text(json.dumps(CHECKPOINT_FORMAT))
     (checkpoint / "agd" / "counters.json").write_text(json.dumps({"env_steps": env_steps}))
-    (checkpoint / cli.CHECKPOINT_MARKER).write_text(json.dumps({"iteration": 30, "env_steps": env_steps}))
+    (checkpoint / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"iteration": 30, "env_steps": env_steps}))
     return _snapshot(directory)
 
 
@@ -244,23 +244,23 @@ def test_readme_python_example_fits_two_cpus():
     (1000, 360.0, "/30000 (3%) eta 2h54m"),
 ])
 def test_progress_text(step, wall, expected):
-    assert cli.progress_text(step, 30000, wall) == expected
+    assert results.progress_text(step, 30000, wall) == expected
 
 
 def test_idle_iteration_line_names_a_restarted_env_runner():
     previous, row = {"iteration": 4, "env_steps": 2000}, {"iteration": 5, "env_steps": 2000}
-    text = cli.idle_iteration_text(previous, row, {"agd": {"env_runner_reconnects": 1}},
+    text = results.idle_iteration_text(previous, row, {"agd": {"env_runner_reconnects": 1}},
                                    {"agd": {"env_runner_reconnects": 0}})
     assert "iteration 5 took no real env steps" in text and "1 env runner(s) died and restarted" in text
-    assert "no reason reported" in cli.idle_iteration_text(previous, row, {}, None)
-    assert cli.idle_iteration_text(previous, {"iteration": 5, "env_steps": 2500}, {}, None) is None
-    assert cli.idle_iteration_text(None, row, {}, None) is None
+    assert "no reason reported" in results.idle_iteration_text(previous, row, {}, None)
+    assert results.idle_iteration_text(previous, {"iteration": 5, "env_steps": 2500}, {}, None) is None
+    assert results.idle_iteration_text(None, row, {}, None) is None
 
 
 # -- 8: the metrics glossary -----------------------------------------------------------------------------------
 def test_metrics_glossary_names_every_column_and_the_gains():
     glossary = (ROOT / "docs" / "METRICS.md").read_text()
-    for key in [*cli.ROW_KEYS, "wall_s", "guidance/advantage_gain_sigma", "quality/advantage_gain_sigma",
+    for key in [*results.ROW_KEYS, "wall_s", "guidance/advantage_gain_sigma", "quality/advantage_gain_sigma",
                 "quality/real_advantage_gain_sigma", "eta"]:
         assert f"`{key}`" in glossary, key
     for group in ("agd/", "world_model/", "imagination/", "guidance/", "quality/", "replay/"):

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from agd_ray.cli import UsageError, build_config, build_parser, check_train_args
+from agd_ray.cli import build_config, build_parser, check_train_args
+from agd_ray.errors import UsageError
 
 
 def config_of(*argv):

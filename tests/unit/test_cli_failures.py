@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from agd_ray import cli
+from agd_ray import cli, results, rundir
 from agd_ray.cli import main
 
 TRAIN = ["train", "--env", "InvertedPendulum-v5", "--preset", "tiny"]
@@ -59,7 +59,7 @@ class FakeAlgo:
 
         self.saves += 1
         root = pathlib.Path(path)
-        (root / cli.MODULE_SUBDIR).mkdir(parents=True)
+        (root / rundir.MODULE_SUBDIR).mkdir(parents=True)
         (root / "algorithm_state.pkl").write_bytes(b"rllib state " * 50)  # written before the disk fills up
         failure = self.fail_save.get(self.saves)
         if failure is not None:
@@ -144,13 +144,13 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_complete_one_and_still_cleans_
     assert "No space left on device (errno 28)" in line
     assert f"the last complete checkpoint, {out / 'checkpoint'}, is kept" in line
     assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint.old").exists()  # no partial save left
-    saved = json.loads((out / "checkpoint" / cli.CHECKPOINT_MARKER).read_text())
+    saved = json.loads((out / "checkpoint" / rundir.CHECKPOINT_MARKER).read_text())
     assert saved == {"iteration": 1, "env_steps": STEP}  # the first save, whole
-    assert cli.check_checkpoint_data(out / "checkpoint", model_based=True) is None
+    assert rundir.check_checkpoint_data(out / "checkpoint", model_based=True) is None
     algo, = fake["algos"]
     assert algo.stopped and fake["ray"] == ["init", "shutdown"]
     assert (out / "learning_curve.png").stat().st_size > 0
-    assert [r["iteration"] for r in cli._read_rows(out / "metrics.csv")] == [1.0, 2.0]
+    assert [r["iteration"] for r in results.read_rows(out / "metrics.csv")] == [1.0, 2.0]
 
 
 def test_read_only_output_at_the_first_checkpoint_is_one_line(tmp_path, capsys, fake):
@@ -197,7 +197,7 @@ def test_a_plot_failing_alone_is_one_line_after_the_checkpoint(tmp_path, capsys,
     assert main([*TRAIN, "--env-steps", "400", "--num-cpus", "1", "--output", str(out)]) == 2
     line = _error_line(capsys)
     assert f"writing {out / 'learning_curve.png'} failed: No space left on device (errno 28)" in line
-    assert (out / "checkpoint" / cli.CHECKPOINT_MARKER).is_file()
+    assert (out / "checkpoint" / rundir.CHECKPOINT_MARKER).is_file()
     assert fake["algos"][0].stopped and fake["ray"] == ["init", "shutdown"]
 
 
@@ -256,9 +256,9 @@ def test_snapshots_live_under_output_and_go_with_the_run(tmp_path, fake):
     out = tmp_path / "run"
     assert main([*TRAIN, "--env-steps", "400", "--num-cpus", "1", "--output", str(out)]) == 0
     algo, = fake["algos"]
-    assert algo.config.recovery_config.snapshot_dir == str((out / cli.SNAPSHOT_DIR).resolve())
+    assert algo.config.recovery_config.snapshot_dir == str((out / rundir.SNAPSHOT_DIR).resolve())
     # AGD.cleanup removes the run's own snapshot directory (FakeAlgo.stop does not): the base stays until then
-    assert sorted(p.name for p in (out / cli.SNAPSHOT_DIR).iterdir()) == ["run0"]
+    assert sorted(p.name for p in (out / rundir.SNAPSHOT_DIR).iterdir()) == ["run0"]
     assert not pathlib.Path(algo.logdir).exists()  # RLlib's empty log directory outside --output is removed
     assert json.loads((out / "config.json").read_text())["recovery.snapshot_dir"] is None  # the default: as above
 
@@ -278,17 +278,17 @@ def test_resume_after_a_kill_continues_rows_wall_time_and_tensorboard_without_du
     fake["options"] = {"kill_at": 4}
     with pytest.raises(Killed):  # checkpoints at iterations 2; iteration 3 logged after it, then the driver dies
         main([*TRAIN, "--env-steps", "1000", "--checkpoint-every", "2", "--num-cpus", "1", "--output", str(out)])
-    stale = out / cli.SNAPSHOT_DIR / "run0"
+    stale = out / rundir.SNAPSHOT_DIR / "run0"
     stale.mkdir(parents=True, exist_ok=True)
     (stale / "world_model.pt").write_bytes(b"from before the kill")  # a killed driver's snapshots stay behind
     assert _tb_steps(out / "tb")["agd/env_steps_lifetime"] == [200, 400, 600]
-    wall_before = cli._read_rows(out / "metrics.csv")[1]["wall_s"]
+    wall_before = results.read_rows(out / "metrics.csv")[1]["wall_s"]
     capsys.readouterr()
 
     fake["options"] = {}
     assert main(["train", "--resume", str(out), "--env-steps", "1000"]) == 0
     assert f"resumed from {out / 'checkpoint'} at iteration 2, env steps 400" in capsys.readouterr().out
-    rows = cli._read_rows(out / "metrics.csv")
+    rows = results.read_rows(out / "metrics.csv")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]  # iteration 3 redone, not repeated
     walls = [r["wall_s"] for r in rows]
     assert walls[1] == pytest.approx(wall_before) and all(b > a for a, b in zip(walls, walls[1:]))
@@ -309,7 +309,7 @@ def test_truncating_tensorboard_drops_later_steps_and_a_record_cut_short(tmp_pat
     writer.close()
     path, = tmp_path.glob("events.out.tfevents.*")
     path.write_bytes(path.read_bytes() + b"\x40\x00\x00\x00\x00\x00")  # the kill cut a record short
-    assert cli._truncate_tensorboard(tmp_path, 400) == 2
+    assert results.truncate_tensorboard(tmp_path, 400) == 2
     assert _tb_steps(tmp_path) == {"config/text_summary": [0], "a": [200, 400], "b": [200, 400]}
     assert not list(tmp_path.glob(".truncating*"))
 
@@ -419,7 +419,7 @@ def policy_checkpoint(tmp_path):
     from tiny_module import tiny_module_spec
 
     out = tmp_path / "run"
-    tiny_module_spec(4, 1).build().save_to_path(str(out / "checkpoint" / cli.MODULE_SUBDIR))
+    tiny_module_spec(4, 1).build().save_to_path(str(out / "checkpoint" / rundir.MODULE_SUBDIR))
     (out / "config.json").write_text(json.dumps({"env": "InvertedPendulum-v5"}))
     return out / "checkpoint"
 
@@ -449,7 +449,7 @@ def test_evaluate_with_a_corrupt_config_json_names_it(policy_checkpoint, capsys,
 
 
 def test_evaluate_with_a_corrupt_module_state_names_the_policy(policy_checkpoint, capsys):
-    directory = policy_checkpoint / cli.MODULE_SUBDIR
+    directory = policy_checkpoint / rundir.MODULE_SUBDIR
     state, = directory.glob("module_state*")
     state.write_bytes(state.read_bytes()[:200])
     before = _files(policy_checkpoint.parent)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agd_ray.cli import result_row
+from agd_ray.results import result_row
 
 
 def _result(iteration, interval=5, eval_return=34.7):

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from agd_ray import evaluate
 from bench import sample_efficiency as se
 
 
@@ -104,7 +105,6 @@ def _checkpoint(trial_dir, name, env_steps):
 def test_final_evaluation_runs_the_budget_checkpoint_once_per_episode_count(tmp_path, monkeypatch):
     import json
 
-    from agd_ray import cli
 
     calls = []
 
@@ -112,7 +112,7 @@ def test_final_evaluation_runs_the_budget_checkpoint_once_per_episode_count(tmp_
         calls.append((checkpoint.name, env_id, episodes, seed))
         return [float(seed + i) for i in range(episodes)]
 
-    monkeypatch.setattr(cli, "mean_action_returns", returns)
+    monkeypatch.setattr(evaluate, "mean_action_returns", returns)
     done, short = tmp_path / "tune" / "exp" / "done", tmp_path / "tune" / "exp" / "short"
     for trial_dir in (done, short):
         trial_dir.mkdir(parents=True)

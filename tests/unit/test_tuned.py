@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from agd_ray import cli, tuned
+from agd_ray import cli, rundir, tuned
 from agd_ray.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -189,11 +189,11 @@ def test_resume_keeps_the_settings_saved_with_the_run(train, monkeypatch, tmp_pa
     assert first.status == 0 and "InvertedPendulum-v5.yaml" in first.out[0]
     assert (first.config.guide_config.temperature, first.config.world_model_config.horizon) == (0.5, 6)
     checkpoint = directory / "checkpoint"
-    (checkpoint / cli.MODULE_SUBDIR).mkdir(parents=True)
+    (checkpoint / rundir.MODULE_SUBDIR).mkdir(parents=True)
     (checkpoint / "agd").mkdir()
     (checkpoint / "agd" / "format.json").write_text(json.dumps(CHECKPOINT_FORMAT))
     (checkpoint / "agd" / "counters.json").write_text(json.dumps({"env_steps": 1000}))
-    (checkpoint / cli.CHECKPOINT_MARKER).write_text(json.dumps({"iteration": 2, "env_steps": 1000}))
+    (checkpoint / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"iteration": 2, "env_steps": 1000}))
     # the file changes after the run began: the resumed run keeps its own settings
     path.write_text(GOOD_PENDULUM.replace("temperature: 0.5", "temperature: 3.0").replace("horizon: 6", "horizon: 9"))
     monkeypatch.setattr(cli, "check_local_resources", lambda *a: None)
