@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup run test test-all bench lock clean
+.PHONY: setup run test test-cluster test-all bench lock clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Several Ray nodes on this machine (placement by node type, a lost node) and `ray job submit` of a sweep
+# (tests/cluster, marked cluster; each test starts and stops its own nodes): about 6 minutes on 2 cores.
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m cluster tests/cluster
+
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
@@ -36,7 +41,9 @@ bench: $(STAMP)
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet -r requirements.in
-	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^agd-ray' > requirements.lock
+	{ grep '^#' requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^agd-ray' \
+		| sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > .venv-lock/lock  # the header kept; torch without +cpu
+	mv .venv-lock/lock requirements.lock
 	rm -rf .venv-lock
 
 clean:

@@ -172,13 +172,16 @@ class AGD(PPO):
     def _make_replay(self):
         from agd_ray.replay.actor import ReplayActor
 
-        return ReplayActor.as_remote(num_cpus=0).remote(**self._replay_kwargs)
+        resources = self.config.replay_config.resources
+        return ReplayActor.as_remote(num_cpus=0, **({"resources": dict(resources)} if resources else {})).remote(
+            **self._replay_kwargs)
 
     def _make_world_model(self):
         from agd_ray.world_model.actor import WorldModelActor
 
         training = self.config.world_model_training
-        return WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus).remote(
+        custom = {"resources": dict(training.resources)} if training.resources else {}
+        return WorldModelActor.options(num_cpus=training.num_cpus, num_gpus=training.num_gpus, **custom).remote(
             replay=self._replay, batches_per_call=training.batches_per_call,
             device="cuda" if training.num_gpus > 0 else "cpu", **self._model_kwargs)
 
@@ -278,8 +281,12 @@ class AGD(PPO):
             if round_ + 1 < rounds:
                 self._request_imagination()  # the next update's batch, with the weights it will start from
         self._finish_world_model_training(training)
+        generation = self._actor_generation
         self._measure_quality()
         self._snapshot_actors()
+        if self._actor_generation != generation:  # an actor died after the training (its node lost, say) and came
+            # back from the last snapshot: the world model makes this iteration's updates again, the ratio holds
+            self._finish_world_model_training(self._start_world_model_training())
         self._request_imagination()  # the next iteration's first batch, imagined while the env runners sample
         self._log_counters()
 
@@ -514,6 +521,7 @@ class AGD(PPO):
                 replay = self._replay.save.remote(str((directory / "replay").resolve()))
                 save_atomic(ray.get(self._world_model.get_state.remote()), directory / "world_model.pt")
                 ray.get(replay)
+                self._replay_snapshot_taken = True  # a new replay actor must find it (`_restore_replay`)
             except _ACTOR_ERRORS as error:  # the previous snapshot stays the latest
                 self._recover_actors(error)
 
@@ -559,7 +567,13 @@ class AGD(PPO):
         self._counters["replay_restarts"] += 1
         self._replay = self._make_replay()
         snapshot = (self._snapshot_dir() / "replay").resolve()
-        if snapshot.is_dir():
+        if self._replay_snapshot_taken:  # written by the dead actor on its node: the new one's node must see it
+            found, node = ray.get(self._replay.snapshot_found.remote(str(snapshot)))
+            if not found:
+                raise RuntimeError(f"the replay actor was recreated on node {node}, which cannot read its snapshot "
+                                   f"{snapshot} (written on the dead actor's node): set recovery.snapshot_dir to a "
+                                   f"directory every node mounts (docs/CLUSTER.md)")
+        if snapshot.is_dir() or self._replay_snapshot_taken:
             try:
                 ray.get(self._replay.restore.remote(str(snapshot)))
             except ray.exceptions.RayTaskError as error:

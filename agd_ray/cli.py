@@ -412,6 +412,11 @@ def _cpus(value: float) -> str:
 def check_local_resources(config, num_cpus: int | None) -> None:
     """The embedded local Ray (`ray.init(num_cpus=...)`) must hold the run's actors, or Ray waits for them
     forever: UsageError with the demand, the capacity and sizes that fit, before Ray starts."""
+    custom = config.custom_resources()
+    if custom:  # only a cluster's nodes advertise them (cluster/*.yaml); the local Ray would wait forever
+        raise UsageError(f"the run's actors ask for custom resources {custom} (world_model.resources, "
+                         f"replay.resources, imagination.resources_per_worker), which the embedded local Ray does "
+                         f"not have: give --address of a cluster whose nodes advertise them, or leave them unset")
     capacity = local_ray_cpus(num_cpus)  # as _run_training starts it
     total, parts = cpu_demand(config)
     if total <= capacity:

@@ -8,7 +8,8 @@ flat key (`"guidance.temperature"`, `"world_model.hidden_dim"`, `"replay.prefill
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.utils.annotations import override
@@ -16,6 +17,23 @@ from ray.rllib.utils.annotations import override
 from agd_ray.envs.core import validate_env_id
 from agd_ray.envs.termination import terminal_rule
 from agd_ray.world_model.config import GuideConfig, WorldModelConfig, check_choice, check_field as _check
+
+# Ray's own resource names (num_cpus, num_gpus, memory): a `resources` mapping holds only custom ones.
+_RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_resources(name: str, value, *, none_allowed: bool = False) -> None:
+    """A section's `resources`: custom Ray resources an actor asks for (`.options(resources=...)`), so that it lands
+    on the nodes that advertise them (`ray start --resources`, a cluster YAML's node type; docs/CLUSTER.md)."""
+    def amount_ok(amount) -> bool:  # Ray: a fraction below 1, or a whole number
+        return (isinstance(amount, (int, float)) and not isinstance(amount, bool) and math.isfinite(amount)
+                and amount > 0 and (amount <= 1 or float(amount).is_integer()))
+
+    ok = (value is None and none_allowed) or (isinstance(value, dict) and all(
+        isinstance(k, str) and k and k not in _RAY_RESOURCES and not k.startswith("node:") and amount_ok(v)
+        for k, v in value.items()))
+    _check(name, value, ok, ("None or " if none_allowed else "") + "a mapping of custom resource names to amounts "
+           "(> 0; above 1 whole numbers), e.g. {agd_gpu_worker: 1} (CPU and GPU have fields of their own)")
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,9 @@ class WorldModelTrainingConfig:
     num_gpus: float = 0.0  # GPUs for the world-model actor (fractions allowed); 0: CPU
     num_cpus: float = 1.0  # CPUs reserved for the world-model actor
     torch_threads: int = 1  # torch.set_num_threads in the actor (ENVIRONMENT.md: 1 on small machines)
+    # Custom Ray resources of the world-model actor, e.g. {"agd_gpu_worker": 1}: it is placed on a node that
+    # advertises them (cluster/*.yaml). {}: wherever its CPUs and GPUs fit.
+    resources: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check("updates_per_env_step", self.updates_per_env_step, self.updates_per_env_step >= 0, ">= 0")
@@ -36,6 +57,7 @@ class WorldModelTrainingConfig:
         _check("num_gpus", self.num_gpus, self.num_gpus >= 0, ">= 0")
         _check("num_cpus", self.num_cpus, self.num_cpus >= 0, ">= 0")
         _check("torch_threads", self.torch_threads, self.torch_threads >= 1, "an integer >= 1")
+        check_resources("resources", self.resources)
 
 
 IMAGINATION_SOURCES = ("diffusion", "simulator")
@@ -51,6 +73,7 @@ class ImaginationConfig:
     unit_size: int = 0  # windows per generator (seeded from (seed, first window)); 0: batch_size / num_workers
     num_gpus_per_worker: float | None = None  # GPUs per imagination worker (K > 1); None: world_model.num_gpus / K
     num_cpus_per_worker: float | None = None  # CPUs per imagination worker (K > 1); None: world_model.num_cpus
+    resources_per_worker: dict | None = None  # custom Ray resources per imagination worker; None: world_model.resources
     policy_updates_per_iteration: int = 1  # imagine + PPO-update rounds per training iteration
     # Windows of an unguided twin batch imagined with every batch to measure a gradient guide's
     # guidance/advantage_gain (0: off; it adds sampling to every batch, so the quality measurement is the
@@ -73,6 +96,7 @@ class ImaginationConfig:
         for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
             value = getattr(self, name)
             _check(name, value, value is None or value >= 0, "None or >= 0")
+        check_resources("resources_per_worker", self.resources_per_worker, none_allowed=True)
         _check(
             "policy_updates_per_iteration",
             self.policy_updates_per_iteration,
@@ -88,10 +112,12 @@ class ImaginationConfig:
         check_choice("termination", self.termination, IMAGINATION_TERMINATIONS)
 
     def worker_resources(self, training: "WorldModelTrainingConfig") -> dict:
-        """Ray resources of one imagination worker (only used when num_workers > 1)."""
+        """Ray resources of one imagination worker (only used when num_workers > 1): `.options(**...)`'s
+        num_gpus and num_cpus, and `resources` when it asks for custom ones."""
         gpus = training.num_gpus / self.num_workers if self.num_gpus_per_worker is None else self.num_gpus_per_worker
         cpus = training.num_cpus if self.num_cpus_per_worker is None else self.num_cpus_per_worker
-        return {"num_gpus": gpus, "num_cpus": cpus}
+        custom = training.resources if self.resources_per_worker is None else self.resources_per_worker
+        return {"num_gpus": gpus, "num_cpus": cpus, **({"resources": dict(custom)} if custom else {})}
 
 
 @dataclass(frozen=True)
@@ -101,11 +127,15 @@ class ReplayConfig:
     capacity: int = 1_000_000  # transitions kept (oldest dropped first)
     prefill_steps: int = 5000  # uniformly random env steps before the policy acts (reference: 5000)
     chunk_size: int = 1000  # env runners send >= this many transitions per call (and the rest at sample end)
+    # Custom Ray resources of the replay actor (which takes no CPU), e.g. {"agd_head": 1}: it is placed on a node
+    # that advertises them. {}: beside the run's other actors.
+    resources: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check("capacity", self.capacity, self.capacity >= 1, "an integer >= 1")
         _check("prefill_steps", self.prefill_steps, self.prefill_steps >= 0, "an integer >= 0")
         _check("chunk_size", self.chunk_size, self.chunk_size >= 1, "an integer >= 1")
+        check_resources("resources", self.resources)
 
 
 @dataclass(frozen=True)
@@ -224,16 +254,30 @@ class AGDConfig(PPOConfig):
 
     def actor_bundles(self) -> list[dict]:
         """Placement-group bundles of the actors `AGD.setup` creates besides RLlib's own: the world-model
-        trainer and, with `imagination.num_workers` > 1, one per imagination worker (the replay actor takes
-        no resources). Empty for the model-free baseline."""
+        trainer and, with `imagination.num_workers` > 1, one per imagination worker, each with its custom
+        resources; the replay actor takes no CPU, so it has a bundle only with `replay.resources`. Empty for the
+        model-free baseline."""
         if not self.model_based:
             return []
         training, imagination = self.world_model_training, self.imagination_config
-        resources = [{"num_cpus": training.num_cpus, "num_gpus": training.num_gpus}]
+        resources = [{"num_cpus": training.num_cpus, "num_gpus": training.num_gpus, "resources": training.resources}]
         if imagination.num_workers > 1:
             resources += [imagination.worker_resources(training)] * imagination.num_workers
-        bundles = [{k: v for k, v in (("CPU", r["num_cpus"]), ("GPU", r["num_gpus"])) if v > 0} for r in resources]
+        resources.append({"num_cpus": 0, "num_gpus": 0, "resources": self.replay_config.resources})
+        bundles = [{**{k: v for k, v in (("CPU", r["num_cpus"]), ("GPU", r["num_gpus"])) if v > 0},
+                    **r.get("resources", {})} for r in resources]
         return [b for b in bundles if b]
+
+    def custom_resources(self) -> dict:
+        """Every custom resource a run's actors ask for (its own actors and RLlib's env runners), name ->
+        the largest amount one actor asks; {} when none does (the run fits any Ray with enough CPUs and GPUs)."""
+        asked: dict = {}
+        bundles = [*self.actor_bundles(), dict(self.custom_resources_per_env_runner or {})]
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                if name not in ("CPU", "GPU"):
+                    asked[name] = max(asked.get(name, 0), amount)
+        return asked
 
     # -- Tune / serialisation ----------------------------------------------------------------------------
     def flat_sections(self) -> dict:

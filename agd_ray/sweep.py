@@ -36,7 +36,7 @@ TOP_LEVEL_KEYS = {
     "methods": "named methods, each a mapping of dotted keys (or model_free: true); default: one method 'agd'",
     "grid": "dotted key -> list of values; every combination runs for every method and seed",
     "resources": "per-trial resources: num_env_runners, num_cpus_per_env_runner, world_model_gpus, "
-                 "world_model_cpus, learner_gpus, evaluation_env_runners, max_concurrent_trials",
+                 "world_model_cpus, learner_gpus, evaluation_env_runners, max_concurrent_trials, env_runner_resources",
 }
 REQUIRED_KEYS = ("env", "preset", "env_steps", "seeds")
 
@@ -65,7 +65,19 @@ RESOURCE_KEYS = {
     "learner_gpus": (float, lambda v: v >= 0, ">= 0 (the PPO learner, in the trial's own process)"),
     "evaluation_env_runners": (int, lambda v: v >= 0, "an integer >= 0 (0: evaluate in the trial's process)"),
     "max_concurrent_trials": (int, lambda v: v >= 0, "an integer >= 0 (0: as many as the cluster fits)"),
+    "env_runner_resources": (dict, lambda v: _resources_ok(v), "a mapping of custom resource names to amounts, "
+                             "e.g. {agd_cpu_worker: 1}: each env runner goes on a node that advertises them"),
 }
+
+
+def _resources_ok(value) -> bool:
+    from agd_ray.config import check_resources
+
+    try:
+        check_resources("env_runner_resources", value)
+    except ValueError:
+        return False
+    return True
 
 # fields whose check depends on another field: checked per trial, with the whole config
 CROSS_FIELD_KEYS = {"world_model.sampling_steps", "world_model.diffusion_steps"}
@@ -107,11 +119,14 @@ def _type_ok(value, hint) -> bool:
             return True
         if option is str and isinstance(value, str):
             return True
+        if dict in (option, typing.get_origin(option)) and isinstance(value, dict):  # checked by the section
+            return True
     return False
 
 
 def _type_name(hint) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null",
+             dict: "a mapping"}
     options = typing.get_args(hint) or (hint,)
     return " or ".join(names.get(o, str(o)) for o in options)
 
@@ -256,6 +271,8 @@ class SweepSpec:
         config = build_config(args, resolved)
         if "num_cpus_per_env_runner" in resources:
             config.env_runners(num_cpus_per_env_runner=resources["num_cpus_per_env_runner"])
+        if "env_runner_resources" in resources:
+            config.env_runners(custom_resources_per_env_runner=dict(resources["env_runner_resources"]))
         if "evaluation_env_runners" in resources and config.evaluation_interval:
             config.evaluation(evaluation_num_env_runners=resources["evaluation_env_runners"])
         if "learner_gpus" in resources:
@@ -512,6 +529,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, output="runs/sweep
         if address:
             ray.init(address=address)
         else:
+            custom = sorted({k for b in trial_resources(param_space_example(spec)).bundles for k in b} - {"CPU", "GPU"})
+            if custom:  # only a cluster's nodes advertise them (cluster/*.yaml): Tune would wait forever
+                raise ValueError(f"the trials ask for custom resources {', '.join(custom)}, which the embedded local "
+                                 f"Ray does not have: give --address of a cluster whose nodes advertise them")
             ray.init(num_cpus=local_ray_cpus(num_cpus), include_dashboard=False,
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
     trainable = _trainable()

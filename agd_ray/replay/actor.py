@@ -6,10 +6,12 @@ qvel_dim=..., capacity=...)`. Windows come back as numpy arrays (Ray's zero-copy
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import ray
 
-from agd_ray.replay.buffer import ReplayBuffer
+from agd_ray.replay.buffer import _JSON_NAME, ReplayBuffer
 
 
 class ReplayActor:
@@ -67,3 +69,8 @@ class ReplayActor:
     def restore(self, path: str) -> None:
         """Replace the buffer with the one saved in directory `path`."""
         self.buffer = ReplayBuffer.load(path)
+
+    def snapshot_found(self, path: str) -> tuple[bool, str]:
+        """Whether this actor's node sees a buffer saved in directory `path` (the nodes of a cluster share only
+        the filesystems they mount), and this node's Ray id."""
+        return os.path.isfile(os.path.join(path, _JSON_NAME)), ray.get_runtime_context().get_node_id()
