@@ -382,27 +382,34 @@ def build_config(args, resolved: dict):
 
 
 # -- resources -------------------------------------------------------------------------------------------------
-def cpu_demand(config) -> tuple[float, dict]:
-    """CPUs Ray must place for a run outside Tune, and what asks for them. The total is
-    `AGD.default_resource_request`'s bundles (what a Tune trial reserves) less the first one, the main process:
-    outside Tune that is this driver (with the local learner), which holds no Ray resources."""
+def resource_demand(config, resource: str) -> tuple[float, dict]:
+    """CPUs or GPUs (`resource` "CPU" or "GPU") Ray must place for a run outside Tune, and what asks for them:
+    {name: (count, each)}. The total is `AGD.default_resource_request`'s bundles (what a Tune trial reserves)
+    less the first one, the main process: outside Tune that is this driver (with the local learner), which holds
+    no Ray resources."""
     from agd_ray.algorithm import AGD
 
     bundles = AGD.default_resource_request(config).bundles
-    total = sum(float(b.get("CPU", 0)) for b in bundles[1:])
-    per_runner = float(config.num_cpus_per_env_runner or 0)
+    total = sum(float(b.get(resource, 0)) for b in bundles[1:])
+    field = {"CPU": "num_cpus", "GPU": "num_gpus"}[resource]
     evaluation = config.get_evaluation_config_object()
     eval_runners = (evaluation.num_env_runners if config.evaluation_interval else 0) or 0
-    parts = {"env runners": (config.num_env_runners, per_runner),
-             "evaluation runners": (eval_runners, float(evaluation.num_cpus_per_env_runner or 0)),
-             "learners": (config.num_learners, float(config.num_cpus_per_learner or 0) if config.num_learners else 0.0)}
+    parts = {"env runners": (config.num_env_runners, float(getattr(config, f"{field}_per_env_runner") or 0)),
+             "evaluation runners": (eval_runners, float(getattr(evaluation, f"{field}_per_env_runner") or 0)),
+             "learners": (config.num_learners,
+                          float(getattr(config, f"{field}_per_learner") or 0) if config.num_learners else 0.0)}
     if config.model_based:
         training, imagination = config.world_model_training, config.imagination_config
-        parts["world model"] = (1, float(training.num_cpus))
+        parts["world model"] = (1, float(getattr(training, field)))
         if imagination.num_workers > 1:
             parts["imagination workers"] = (imagination.num_workers,
-                                            float(imagination.worker_resources(training)["num_cpus"]))
+                                            float(imagination.worker_resources(training)[field]))
     return total, parts
+
+
+def cpu_demand(config) -> tuple[float, dict]:
+    """CPUs Ray must place for a run outside Tune, and what asks for them (`resource_demand`)."""
+    return resource_demand(config, "CPU")
 
 
 def _cpus(value: float) -> str:
@@ -490,24 +497,8 @@ def check_replay_memory(config) -> None:
 
 
 def gpu_demand(config) -> tuple[float, dict]:
-    """GPUs Ray must place for a run outside Tune (`AGD.default_resource_request`'s bundles less the driver's),
-    and what asks for them: {name: (count, GPUs each)}."""
-    from agd_ray.algorithm import AGD
-
-    bundles = AGD.default_resource_request(config).bundles
-    total = sum(float(b.get("GPU", 0)) for b in bundles[1:])
-    evaluation = config.get_evaluation_config_object()
-    eval_runners = (evaluation.num_env_runners if config.evaluation_interval else 0) or 0
-    parts = {"env runners": (config.num_env_runners, float(config.num_gpus_per_env_runner or 0)),
-             "evaluation runners": (eval_runners, float(evaluation.num_gpus_per_env_runner or 0)),
-             "learners": (config.num_learners, float(config.num_gpus_per_learner or 0) if config.num_learners else 0.0)}
-    if config.model_based:
-        training, imagination = config.world_model_training, config.imagination_config
-        parts["world model"] = (1, float(training.num_gpus))
-        if imagination.num_workers > 1:
-            parts["imagination workers"] = (imagination.num_workers,
-                                            float(imagination.worker_resources(training)["num_gpus"]))
-    return total, parts
+    """GPUs Ray must place for a run outside Tune, and what asks for them (`resource_demand`)."""
+    return resource_demand(config, "GPU")
 
 
 def local_ray_gpus() -> int:
