@@ -335,20 +335,25 @@ def _check_mapping(where: str, value) -> dict:
     return value
 
 
+def check_top_level(data, what: str, allowed: dict, required) -> None:
+    """A parsed YAML file (`what`: "a sweep file") is a mapping whose keys are among `allowed` (key -> what it
+    holds) and include every one of `required`; ValueError naming the first key that is not."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is a mapping of the keys {', '.join(allowed)}; got {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; allowed top-level keys: {', '.join(allowed)}")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(f"missing key {missing[0]!r}: {allowed[missing[0]]}")
+
+
 def parse_sweep(data, *, path: str | None = None, default_name: str = "sweep") -> SweepSpec:
     """Check a parsed sweep file; every error names the key, the value and what is allowed."""
     from agd_ray.cli import PRESET_SETTINGS
     from agd_ray.envs.core import validate_env_id
 
-    if not isinstance(data, dict):
-        raise ValueError(f"a sweep file is a mapping of the keys {', '.join(TOP_LEVEL_KEYS)}; "
-                         f"got {type(data).__name__}")
-    unknown = sorted(set(map(str, data)) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; allowed top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"missing key {missing[0]!r}: {TOP_LEVEL_KEYS[missing[0]]}")
+    check_top_level(data, "a sweep file", TOP_LEVEL_KEYS, REQUIRED_KEYS)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
         _fail("name", name, "it must be a non-empty string of letters, digits, '-', '_' or '.'")

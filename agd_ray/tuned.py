@@ -26,7 +26,7 @@ import argparse
 import pathlib
 from dataclasses import dataclass
 
-from agd_ray.sweep import _check_mapping, _fail, _section_types, check_dotted, parse_value
+from agd_ray.sweep import _check_mapping, _fail, _section_types, check_dotted, check_top_level, parse_value
 
 # The source checkout's tuned/ folder (beside agd_ray/, as bench/ is).
 TUNED_DIR = pathlib.Path(__file__).resolve().parent.parent / "tuned"
@@ -77,15 +77,7 @@ def parse_tuned(data, *, path, presets) -> Tuned:
     from agd_ray.envs.core import validate_env_id
 
     path = pathlib.Path(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"a tuned file is a mapping of the keys {', '.join(TOP_LEVEL_KEYS)}; "
-                         f"got {type(data).__name__}")
-    unknown = sorted(set(map(str, data)) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; allowed top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
-    missing = [key for key in TOP_LEVEL_KEYS if key not in data]
-    if missing:
-        raise ValueError(f"missing key {missing[0]!r}: {TOP_LEVEL_KEYS[missing[0]]}")
+    check_top_level(data, "a tuned file", TOP_LEVEL_KEYS, TOP_LEVEL_KEYS)
     validate_env_id(data["env"])
     if data["env"] != path.stem:
         _fail("env", data["env"], f"it must be the file's own name, {path.stem}")
