@@ -54,6 +54,7 @@ from ray.rllib.utils.metrics import (
 
 from agd_ray.config import AGDConfig
 from agd_ray.envs.core import executed_action_bound, make_env, register_recording_env
+from agd_ray.errors import first_line
 
 _EXTRA_DIR = "agd"  # inside an RLlib checkpoint: world model, replay and the loop's counters
 # agd/format.json: the layout of what agd-ray adds to a checkpoint; restore refuses any other version.
@@ -634,16 +635,16 @@ class AGD(PPO):
                 state = torch.load(extra / "world_model.pt", map_location="cpu", weights_only=True)  # no unpickling
             except Exception as error:  # noqa: BLE001 - torch raises several kinds for a damaged file
                 raise ValueError(f"checkpoint {path}: {extra / 'world_model.pt'} is unreadable "
-                                 f"({type(error).__name__}: {_first_line(error)})") from None
+                                 f"({type(error).__name__}: {first_line(error)})") from None
             try:
                 ray.get(self._world_model.set_state.remote(state))
             except ray.exceptions.RayTaskError as error:
                 raise ValueError(f"checkpoint {path}: its world model does not fit this config "
-                                 f"({_first_line(error.cause)})") from None
+                                 f"({first_line(error.cause)})") from None
             try:
                 ray.get(self._replay.restore.remote(str((extra / "replay").resolve())))
             except ray.exceptions.RayTaskError as error:  # ReplayBuffer.load's reason, naming the file
-                raise ValueError(f"checkpoint {path}: {_first_line(error.cause)}") from None
+                raise ValueError(f"checkpoint {path}: {first_line(error.cause)}") from None
             # Snapshots taken before this restore (by an earlier process with the same log directory) describe
             # another state: an actor that dies before the next snapshot must not come back from them.
             shutil.rmtree(self._snapshot_dir(), ignore_errors=True)
@@ -678,11 +679,6 @@ def _alive(actor) -> bool:
         return False
     except ray.exceptions.GetTimeoutError:
         return True
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def save_atomic(state: dict, path: pathlib.Path) -> None:

@@ -39,9 +39,10 @@ def os_error_text(error: OSError) -> str:
     if error.strerror:
         text = error.strerror if "errno" in error.strerror else f"{error.strerror} (errno {error.errno})"
         return f"{text}: {error.filename}" if error.filename else text
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first_line(error)
 
 
 def first_line(error: BaseException) -> str:
+    """The error's message in one line (its first), or its type's name when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
