@@ -235,9 +235,9 @@ class AGD(PPO):
         started, started_at = time.perf_counter(), time.time()
         results = ray.get(refs)
         blocked = time.perf_counter() - started
-        finished = [r["finished_at"] if isinstance(r, dict) else r.finished_at
-                    for r in (results if isinstance(results, list) else [results])
-                    if (isinstance(r, dict) and "finished_at" in r) or hasattr(r, "finished_at")]
+        finished = [r.get("finished_at") if isinstance(r, dict) else getattr(r, "finished_at", None)
+                    for r in (results if isinstance(results, list) else [results])]
+        finished = [at for at in finished if at is not None]
         transfer = min(blocked, max(0.0, time.time() - max([*finished, started_at]))) if finished else blocked
         self._wait_s[name] += blocked
         self._transfer_s[name] += transfer

@@ -42,15 +42,8 @@ fi
 step "3. imagination at the paper size on CUDA"
 timeout 200 "$PY" bench/imagination.py --device cuda --sizes paper --batches 256 1024 --steps full strided \
     --policy-guidance score reparam --repeats 3 --budget 4 --peak-tflops "$PEAK_TFLOPS" \
-    --out "$OUT/imagination_cuda.json" 2>&1 | grep -v "^ *[0-9].*[0-9]$" | tee "$OUT/imagination_cuda.log"
-# the table again, once, without the per-row progress lines the bench writes to stderr as it goes
-"$PY" - "$OUT/imagination_cuda.json" <<'EOF' 2>/dev/null || true
-import json, sys
-sys.path.insert(0, "bench")
-from imagination import format_table
-data = json.load(open(sys.argv[1]))
-print(format_table(data["rows"]))
-EOF
+    --out "$OUT/imagination_cuda.json" 2> "$OUT/imagination_cuda.progress.log" | tee "$OUT/imagination_cuda.log" \
+    || tail -5 "$OUT/imagination_cuda.progress.log"  # the bench failed or ran out of time: say why
 
 step "4. paper preset, HalfCheetah-v5, 5k env steps, 1 and 2 imagination workers"
 if has ray && has gymnasium && has mujoco; then
