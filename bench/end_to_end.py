@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,10 +99,7 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for label, tree, extra in sides:
                 run_dir = out / "runs" / f"{workload}-{label.replace(' ', '_').replace('+', '')}-{repeat}"
-                if run_dir.exists():
-                    import shutil
-
-                    shutil.rmtree(run_dir)
+                shutil.rmtree(run_dir, ignore_errors=True)
                 added = [] if tree is baseline_tree else SAME_METHOD + extra.get(workload, [])
                 row = _run(tree, WORKLOADS[workload] + added, run_dir, args.env_steps, args.seed)
                 row.update(workload=workload, side=label, repeat=repeat)
